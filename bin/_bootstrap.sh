@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the local virtual environment .venv (sourced by bin/vapo and bin/test).
+# torch is installed first and pinned to the CPU build so that nothing pulls CUDA wheels.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.vapo-installed"
+WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[vapo] creating virtual environment in $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[vapo] installing torch==2.13.0 (CPU) and vapo[dev] into $VENV (first run only)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0" >&2
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,math]" >&2
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

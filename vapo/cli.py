@@ -1,0 +1,128 @@
+"""The `vapo` command line: train, eval, diagnose, theory.
+
+Every command turns a :class:`vapo.errors.VapoError` into a one- or two-line message on stderr
+and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vapo.errors import VapoError
+
+app = typer.Typer(
+    name="vapo",
+    help="Value-based RL (VAPO and baselines) for long chain-of-thought reasoning: train, see, understand.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print VapoErrors for people (no traceback) and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VapoError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config_epilog() -> str:
+    from vapo.config import describe_fields
+
+    lines = ["Config fields (set with --set key=value, or in a YAML file passed with --config):", ""]
+    for key, default, desc in describe_fields():
+        lines.append(f"  {key} = {default}  —  {desc}")
+    # typer/click rewrap epilogs unless paragraphs are marked with \b
+    return "\b\n" + "\n".join(lines)
+
+
+@app.command(epilog=_config_epilog())
+@_friendly
+def train(
+    preset: Annotated[str | None, typer.Option(help="algorithm preset: ppo, vc_ppo, grpo, dr_grpo, dapo, vapo (default vapo)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (any subset of the fields below)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field: --set optim.actor_lr=1e-4 (repeatable)")] = None,
+    task: Annotated[str | None, typer.Option(help="task name (shortcut for --set task.name=...)")] = None,
+    size: Annotated[str | None, typer.Option(help="built-in model size: tiny or small (shortcut for --set model.size=...)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (shortcut for --set seed=...)")] = None,
+    iterations: Annotated[int | None, typer.Option(help="RL iterations (shortcut for --set train.iterations=...)")] = None,
+    name: Annotated[str | None, typer.Option(help="run name: the run directory is runs/<name> (default: <preset>-<task>-s<seed>, numbered if taken)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its latest checkpoint")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Train a policy with RL on a verifiable task (default: VAPO on the built-in task, tiny model, CPU)."""
+    from vapo.config import resolve_config
+
+    if resume is not None:
+        from vapo.train import resume_run
+
+        if any(v is not None for v in (preset, config, set_, task, size, seed, iterations, name)):
+            raise VapoError(
+                "--resume continues a run with its own saved config; other options cannot change it",
+                where="vapo train --resume",
+                fix="drop the other options, or start a new run without --resume",
+            )
+        resume_run(resume, progress=not quiet)
+        return
+    overrides = list(set_ or [])
+    for key, val in (("task.name", task), ("model.size", size), ("seed", seed), ("train.iterations", iterations)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    cfg = resolve_config(preset, config, overrides)
+    from vapo.train import start_run
+
+    start_run(cfg, name=name, progress=not quiet)
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    run: Annotated[Path, typer.Argument(help="a run directory (uses its latest checkpoint) or a checkpoint directory")],
+    prompts: Annotated[int | None, typer.Option(help="prompts per split (default: the run's eval.prompts)")] = None,
+    samples: Annotated[int | None, typer.Option(help="answers per prompt; pass@k is reported for k ≤ samples")] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature (0 = greedy)")] = None,
+    seed: Annotated[int, typer.Option(help="evaluation seed")] = 1234,
+) -> None:
+    """Held-out and longer-than-trained accuracy by length bucket, and pass@k."""
+    from vapo.train.evaluate import eval_command
+
+    eval_command(run, prompts=prompts, samples=samples, temperature=temperature, seed=seed)
+
+
+@app.command()
+@_friendly
+def theory(
+    name: Annotated[str, typer.Argument(help="experiment name, 'all' for every experiment plus an HTML page, or 'list'")] = "list",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("theory"),
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    quick: Annotated[bool, typer.Option(help="small sizes (seconds), for smoke tests")] = False,
+) -> None:
+    """Exact token-MDP experiments that test each claim about VAPO's limits, each with a verdict."""
+    from vapo.theory.cli import theory_command
+
+    theory_command(name=name, out=out, seed=seed, quick=quick)
+
+
+def main() -> None:
+    try:
+        app()
+    except VapoError as e:  # errors raised outside a command body (e.g. while building help)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
