@@ -1,0 +1,505 @@
+"""Advantage estimators: masked GAE, length-adaptive and decoupled GAE, group advantages.
+
+Notation (``/work/shared/spec/algorithms.md``): a batch holds ``B`` responses padded to ``T``
+tokens; ``response_mask[i, t] = 1`` for real tokens. ``V[i, t]`` is the critic's value of the
+state *before* token ``t``; the state after the last real token is terminal (value 0).
+
+Every function here is pure torch: no I/O, no models, no global state except the estimator
+registry at the bottom. Masked positions hold exactly 0 in every output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vapo.errors import VapoError, unknown_name_error
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AdvantageInput",
+    "AdvantageOutput",
+    "AdvantageParams",
+    "adaptive_lambda",
+    "decoupled_gae",
+    "discounted_reverse_cumsum",
+    "dr_grpo_advantages",
+    "get_advantage_estimator",
+    "grpo_advantages",
+    "masked_gae",
+    "masked_gae_reference",
+    "register_advantage_estimator",
+    "rloo_advantages",
+]
+
+# Tokens per chunk of the chunked scan in `discounted_reverse_cumsum`. Chosen by measurement
+# (benchmarks/bench_algos.py, 2 CPU threads): 16 and 32 are equally fast on [512, 8192],
+# 64 is ~2x slower (the in-chunk matmul costs B*T*K), 32 is faster at moderate T.
+_CHUNK = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks (bad input is a VapoError saying what, where and how to fix it)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_2d(name: str, x: torch.Tensor, where: str, shape: torch.Size | None = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise VapoError(f"{name} must be a torch.Tensor, got {type(x).__name__}", where=where,
+                        fix=f"pass {name} as a [B, T] tensor")
+    if x.dim() != 2:
+        raise VapoError(f"{name} must be 2-D [B, T], got shape {tuple(x.shape)}", where=where,
+                        fix=f"reshape {name} to [batch, response_tokens]")
+    if shape is not None and x.shape != shape:
+        raise VapoError(f"{name} has shape {tuple(x.shape)} but response_mask has {tuple(shape)}",
+                        where=where, fix="all [B, T] inputs must share the response_mask's shape")
+
+
+def _per_sequence(name: str, v: float | torch.Tensor, batch: int, where: str,
+                  dtype: torch.dtype, device: torch.device, low: float = 0.0,
+                  high: float = 1.0) -> torch.Tensor:
+    """A float or a [B] tensor, checked to lie in [low, high], as a [B] tensor of `dtype`."""
+    t = torch.as_tensor(v, dtype=dtype, device=device)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise VapoError(f"{name} must be a float or a [B]={batch} tensor, got shape {tuple(t.shape)}",
+                        where=where, fix=f"pass one {name} per sequence, or a single float")
+    if not bool(((t >= low) & (t <= high)).all()):
+        raise VapoError(f"{name} must lie in [{low}, {high}], got min {t.min().item():.4g} "
+                        f"max {t.max().item():.4g}", where=where, fix=f"clamp {name} to [{low}, {high}]")
+    return t
+
+
+def _check_group_inputs(scores: torch.Tensor, group_index: torch.Tensor,
+                        response_mask: torch.Tensor, where: str) -> None:
+    _check_2d("response_mask", response_mask, where)
+    b = response_mask.shape[0]
+    for name, x in (("scores", scores), ("group_index", group_index)):
+        if not isinstance(x, torch.Tensor) or x.shape != (b,):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise VapoError(f"{name} must be a [B]={b} tensor, got {shape}", where=where,
+                            fix=f"pass one {name} entry per response")
+    if group_index.is_floating_point() or group_index.is_complex():
+        raise VapoError("group_index must hold integers (one group id per response)", where=where,
+                        fix="pass group_index as an integer tensor, e.g. prompt ids")
+
+
+# --------------------------------------------------------------------------------------------
+# The linear recurrence y_t = x_t + c * y_{t+1}, fast
+# --------------------------------------------------------------------------------------------
+
+
+def _decay_matrix(c: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """D[b, t, j] = c_b^(j - t) for j >= t, else 0.  c: [B] -> [B, k, k] (upper triangular)."""
+    idx = torch.arange(k, device=c.device, dtype=c.dtype)
+    expo = idx[None, :] - idx[:, None]  # j - t
+    upper = expo >= 0
+    # torch.pow(0, 0) = 1, so c = 0 (pure one-step TD) gives the identity, as it must.
+    d = torch.pow(c[:, None, None], expo.clamp_min(0)[None])
+    return (d * upper[None]).to(dtype)
+
+
+def discounted_reverse_cumsum(x: torch.Tensor, c: torch.Tensor, chunk: int = _CHUNK) -> torch.Tensor:
+    """y_t = sum_{k >= t} c^(k - t) x_k along the last axis, one decay c per row.
+
+    Solves the GAE recursion ``y_t = x_t + c y_{t+1}`` (``y_T = 0``) without a Python loop
+    over T. The sequence is cut into chunks of ``chunk`` tokens:
+
+    1. inside each chunk, ``local = x_chunk @ D^T`` with the per-row decay matrix
+       ``D[t, j] = c^(j-t)`` (one batched matmul for all chunks);
+    2. the value at each chunk's start, ``S_n = local_n[0] + c^K S_{n+1}``, is the same
+       recursion on the N = T/K chunk heads with decay ``c^K``: solved recursively, in float64;
+    3. ``y[n, t] = local[n, t] + c^(K - t) S_{n+1}``.
+
+    Cost O(B T K) flops in matmuls, depth O(log_K T). Float32 inputs keep float32 in-chunk
+    sums (error ~ K ulp of the chunk sums) and float64 carries; float64 inputs are exact to
+    float64 rounding.
+
+    Args:
+        x: [B, T] float tensor.
+        c: [B] decays in [0, 1] (any float dtype; used in float64 for the carries).
+        chunk: tokens per chunk K.
+    Returns:
+        [B, T] tensor of x's dtype.
+    """
+    b, t = x.shape
+    c = c.to(torch.float64)
+    if t <= chunk:  # one chunk: a single [t, t] matmul per row
+        return torch.bmm(_decay_matrix(c, t, x.dtype), x.unsqueeze(-1)).squeeze(-1)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    xc = F.pad(x, (0, pad)).view(b, n, chunk)  # zeros after the end change nothing
+    local = torch.bmm(xc, _decay_matrix(c, chunk, x.dtype).transpose(1, 2))  # [B, N, K]
+    heads = local[:, :, 0].to(torch.float64)
+    starts = discounted_reverse_cumsum(heads, c**chunk, chunk)  # S_n, [B, N], float64
+    carry_in = F.pad(starts[:, 1:], (0, 1))  # S_{n+1}; 0 after the last chunk
+    expo = torch.arange(chunk, 0, -1, device=x.device, dtype=torch.float64)  # K - t
+    tail = torch.pow(c[:, None], expo[None])  # [B, K] = c^(K - t)
+    if x.dtype == torch.float64:
+        y = local + carry_in[:, :, None] * tail[:, None, :]
+    else:
+        y = torch.addcmul(local, carry_in.to(x.dtype)[:, :, None], tail.to(x.dtype)[:, None, :])
+    return y.reshape(b, n * chunk)[:, :t]
+
+
+def _compact_left(mask: torch.Tensor) -> torch.Tensor | None:
+    """Permutation [B, T] moving each row's real tokens to the left (stable), or None when the
+    mask is already right-padded (the common case: nothing to do)."""
+    if mask.shape[1] < 2 or bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return None
+    # Stable sort on "is padding": real tokens first, in their original order.
+    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+
+
+# --------------------------------------------------------------------------------------------
+# GAE (Schulman et al. 2016, eq. 11-16), masked, per-sequence gamma and lambda
+# --------------------------------------------------------------------------------------------
+
+
+def masked_gae(
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float | torch.Tensor = 1.0,
+    lam: float | torch.Tensor = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the real tokens of each response.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t        (V after the last real token := 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}     (GAE, Schulman et al. 2016 eq. 16)
+        R_t     = A_t + V_t                           (critic target)
+
+    "t+1" means the next *real* token of the same row: masked positions are skipped by the
+    recursion (rewards and values there are ignored, never bootstrapped through), exactly as
+    verl's ``compute_gae_advantage_return`` carries ``nextvalues``/``lastgaelam`` through
+    them. So left-, middle- and right-padding all work.
+
+    Implementation: rows whose mask is not right-padded are compacted to the left (stable
+    argsort), then the recursion is solved by the chunked scan `discounted_reverse_cumsum`
+    (batched matmuls instead of a loop over T) and scattered back. `masked_gae_reference`
+    is the same computation as a readable loop.
+
+    Args:
+        token_rewards: [B, T] float, reward of each token (outcome tasks: score on the last one).
+        values: [B, T] float, V(s_t), the value before token t.
+        response_mask: [B, T] bool/int/float in {0, 1}.
+        gamma: discount, float or [B] tensor in [0, 1].
+        lam: GAE lambda, float or [B] tensor in [0, 1] (one per sequence, e.g. `adaptive_lambda`).
+    Returns:
+        (advantages, returns): [B, T] each, dtype of `values` (computed in float32 at least);
+        exactly 0 at masked positions.
+    """
+    where = "masked_gae"
+    _check_2d("response_mask", response_mask, where)
+    _check_2d("token_rewards", token_rewards, where, response_mask.shape)
+    _check_2d("values", values, where, response_mask.shape)
+    out_dtype = values.dtype
+    dtype = torch.promote_types(torch.promote_types(values.dtype, token_rewards.dtype), torch.float32)
+    b, _ = response_mask.shape
+    g = _per_sequence("gamma", gamma, b, where, torch.float64, values.device)
+    lm = _per_sequence("lam", lam, b, where, torch.float64, values.device)
+
+    mask = response_mask.bool()
+    r = torch.where(mask, token_rewards.to(dtype), 0.0)
+    v = torch.where(mask, values.to(dtype), 0.0)
+    order = _compact_left(mask)
+    if order is not None:  # real tokens first; then "next real token" = next position
+        r, v, mask = r.gather(1, order), v.gather(1, order), mask.gather(1, order)
+
+    # One-step TD errors; V_{t+1} is 0 at the terminal state and beyond (v is 0 on padding).
+    v_next = F.pad(v[:, 1:], (0, 1))
+    delta = torch.where(mask, r + g.to(dtype)[:, None] * v_next - v, 0.0)
+    adv = discounted_reverse_cumsum(delta, g * lm)
+    adv = torch.where(mask, adv, 0.0)
+    ret = torch.where(mask, adv + v, 0.0)
+
+    if order is not None:  # undo the compaction
+        adv = torch.empty_like(adv).scatter_(1, order, adv)
+        ret = torch.empty_like(ret).scatter_(1, order, ret)
+    return adv.to(out_dtype), ret.to(out_dtype)
+
+
+def masked_gae_reference(
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float | torch.Tensor = 1.0,
+    lam: float | torch.Tensor = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_gae` as the usual reverse loop over T, vectorised over B (verl's
+    ``compute_gae_advantage_return`` with per-sequence gamma/lambda). Same contract and
+    outputs; O(T) Python steps. Kept as the readable definition and the benchmark baseline."""
+    where = "masked_gae_reference"
+    _check_2d("response_mask", response_mask, where)
+    b, t_len = response_mask.shape
+    g = _per_sequence("gamma", gamma, b, where, values.dtype, values.device)
+    lm = _per_sequence("lam", lam, b, where, values.dtype, values.device)
+    m = response_mask.to(values.dtype)
+    next_value = torch.zeros(b, dtype=values.dtype, device=values.device)
+    last_adv = torch.zeros_like(next_value)
+    adv = torch.zeros_like(values)
+    for t in reversed(range(t_len)):
+        delta = token_rewards[:, t] + g * next_value - values[:, t]
+        a = delta + g * lm * last_adv
+        # At a masked position keep the carries unchanged: the recursion skips it.
+        next_value = m[:, t] * values[:, t] + (1 - m[:, t]) * next_value
+        last_adv = m[:, t] * a + (1 - m[:, t]) * last_adv
+        adv[:, t] = last_adv
+    adv = adv * m
+    return adv, (adv + values) * m
+
+
+# --------------------------------------------------------------------------------------------
+# Length-adaptive and decoupled GAE (VAPO §3; VC-PPO arXiv 2503.01491 §4)
+# --------------------------------------------------------------------------------------------
+
+
+def adaptive_lambda(lengths: torch.Tensor, alpha: float = 0.05) -> torch.Tensor:
+    """Length-adaptive GAE lambda (VAPO §3.2): lambda(l) = 1 - 1 / (alpha * l).
+
+    The effective horizon sum_t lambda^t = 1/(1 - lambda) = alpha * l grows with length.
+    For l <= 1/alpha the formula gives lambda <= 0; the paper is silent there, so we clamp to
+    0: very short answers get pure one-step TD advantages (A_t = delta_t). Lengths must be
+    >= 1 (a zero-length response has no tokens and no advantage; pass it through the mask).
+
+    Args:
+        lengths: [B] int or float, response lengths in tokens (>= 1).
+        alpha: horizon per token, > 0 (paper: 0.05).
+    Returns:
+        [B] float32 (float64 if `lengths` is float64) lambdas in [0, 1).
+    """
+    where = "adaptive_lambda"
+    if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1:
+        raise VapoError("lengths must be a 1-D [B] tensor", where=where,
+                        fix="pass response_mask.sum(-1)")
+    if not alpha > 0:
+        raise VapoError(f"alpha must be > 0, got {alpha}", where=where,
+                        fix="use a positive alpha (paper: 0.05)")
+    if lengths.numel() and bool((lengths < 1).any()):
+        raise VapoError(f"lengths must be >= 1, got min {lengths.min().item()}", where=where,
+                        fix="drop or mask out zero-length responses before computing lambda")
+    dtype = lengths.dtype if lengths.dtype == torch.float64 else torch.float32
+    lam = 1.0 - 1.0 / (alpha * lengths.to(dtype))
+    return lam.clamp(min=0.0)
+
+
+def decoupled_gae(
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float | torch.Tensor = 1.0,
+    lam_actor: float | torch.Tensor = 0.95,
+    lam_critic: float | torch.Tensor = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled GAE (VC-PPO §4.2, VAPO §3): two GAE passes over the same TD errors.
+
+    The actor's advantages use ``lam_actor`` (< 1: lower variance); the critic's targets use
+    ``lam_critic`` (1.0: unbiased Monte-Carlo targets, so the reward does not decay as
+    lambda^(T-t) over long answers).
+
+    Args: as `masked_gae`; lam_actor, lam_critic: float or [B] in [0, 1].
+    Returns:
+        (advantages from lam_actor, returns from lam_critic): [B, T] each, 0 at masked positions.
+    """
+    adv, _ = masked_gae(token_rewards, values, response_mask, gamma, lam_actor)
+    _, ret = masked_gae(token_rewards, values, response_mask, gamma, lam_critic)
+    return adv, ret
+
+
+# --------------------------------------------------------------------------------------------
+# Group advantages (critic-free baselines)
+# --------------------------------------------------------------------------------------------
+
+
+def _group_stats(scores: torch.Tensor, group_index: torch.Tensor):
+    """Per-response statistics of its group, float64: (count, mean, unbiased std, all_equal).
+
+    group_index may hold arbitrary integers, in any order."""
+    _, inv = torch.unique(group_index, return_inverse=True)
+    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
+    s = scores.to(torch.float64)
+    count = torch.zeros(n_groups, dtype=torch.float64, device=s.device).index_add_(0, inv, torch.ones_like(s))
+    total = torch.zeros_like(count).index_add_(0, inv, s)
+    mean = total / count
+    sq = torch.zeros_like(count).index_add_(0, inv, (s - mean[inv]) ** 2)
+    std = torch.sqrt(sq / (count - 1).clamp_min(1))  # unbiased (torch.std), as GRPO's references
+    big = torch.finfo(torch.float64).max
+    gmax = torch.full_like(count, -big).scatter_reduce_(0, inv, s, "amax")
+    gmin = torch.full_like(count, big).scatter_reduce_(0, inv, s, "amin")
+    all_equal = gmax == gmin  # includes groups of size 1
+    return count[inv], mean[inv], std[inv], all_equal[inv]
+
+
+def _broadcast(adv_seq: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.where(response_mask.bool(), adv_seq.to(dtype)[:, None], 0.0)
+
+
+def _out_dtype(scores: torch.Tensor) -> torch.dtype:
+    return scores.dtype if scores.is_floating_point() else torch.float32
+
+
+def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_mask: torch.Tensor,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """GRPO outcome advantages (DeepSeekMath arXiv 2402.03300 §4.1.2):
+    A_i = (R_i - mean_g R) / (std_g R + eps), broadcast to every real token of response i.
+
+    std is the *unbiased* (n - 1) group standard deviation, as ``torch.std`` in GRPO's
+    reference implementations (verl, TRL). Groups of size 1 or with all-equal scores get 0.
+
+    Args:
+        scores: [B] float, one scalar reward per response.
+        group_index: [B] int, group id (e.g. prompt id); arbitrary, unsorted integers.
+        response_mask: [B, T] in {0, 1}.
+        eps: added to the std.
+    Returns:
+        [B, T] advantages (dtype of scores, float32 for integer scores); 0 at masked positions.
+    """
+    _check_group_inputs(scores, group_index, response_mask, "grpo_advantages")
+    _, mean, std, flat = _group_stats(scores, group_index)
+    adv = torch.where(flat, 0.0, (scores.to(torch.float64) - mean) / (std + eps))
+    return _broadcast(adv, response_mask, _out_dtype(scores))
+
+
+def dr_grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
+                       response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Dr. GRPO advantages (arXiv 2503.20783 §3.2): A_i = R_i - mean_g R (no std division),
+    broadcast to tokens. Groups of size 1 or with all-equal scores get 0. `eps` is unused
+    (kept for a uniform signature). Shapes as `grpo_advantages`."""
+    _check_group_inputs(scores, group_index, response_mask, "dr_grpo_advantages")
+    _, mean, _, flat = _group_stats(scores, group_index)
+    adv = torch.where(flat, 0.0, scores.to(torch.float64) - mean)
+    return _broadcast(adv, response_mask, _out_dtype(scores))
+
+
+def rloo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
+                    response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv 2402.14740 §3):
+    A_i = R_i - mean_{j != i, j in g} R_j = n/(n-1) (R_i - mean_g R), broadcast to tokens.
+    Groups of size 1 (no other sample for a baseline) or with all-equal scores get 0.
+    `eps` is unused. Shapes as `grpo_advantages`."""
+    _check_group_inputs(scores, group_index, response_mask, "rloo_advantages")
+    count, mean, _, flat = _group_stats(scores, group_index)
+    loo = count / (count - 1).clamp_min(1)
+    adv = torch.where(flat, 0.0, loo * (scores.to(torch.float64) - mean))
+    return _broadcast(adv, response_mask, _out_dtype(scores))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: estimators are looked up by name (a preset is data; a new estimator is one function)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdvantageInput:
+    """Everything an estimator may read. Shapes: [B, T] token tensors, [B] per-sequence.
+
+    token_rewards: [B, T] token rewards (outcome score on the last real token, plus shaping).
+    response_mask: [B, T] in {0, 1}.
+    values: [B, T] critic values V(s_t), or None for critic-free estimators.
+    scores: [B] scalar reward per response (group estimators); None -> the masked sum of
+        token_rewards (as verl's GRPO does).
+    group_index: [B] int group id per response (group estimators).
+    """
+
+    token_rewards: torch.Tensor
+    response_mask: torch.Tensor
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    group_index: torch.Tensor | None = None
+
+
+@dataclass
+class AdvantageParams:
+    """Estimator hyperparameters.
+
+    gamma: discount (1.0 for LLM RL). lam_actor: GAE lambda of the actor, or None for the
+    length-adaptive lambda 1 - 1/(alpha*l) (VAPO). lam_critic: GAE lambda of the critic's
+    targets (1.0 = Monte-Carlo, VC-PPO). alpha: adaptive-lambda horizon per token.
+    eps: std epsilon of GRPO. extra: free-form options for user-registered estimators.
+    """
+
+    gamma: float = 1.0
+    lam_actor: float | None = 0.95
+    lam_critic: float = 1.0
+    alpha: float = 0.05
+    eps: float = 1e-6
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdvantageOutput:
+    """advantages: [B, T], 0 at masked positions. returns: [B, T] critic targets (0 at masked
+    positions), or None for critic-free estimators."""
+
+    advantages: torch.Tensor
+    returns: torch.Tensor | None = None
+
+
+AdvantageEstimator = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: ``@register_advantage_estimator("my_est")`` makes ``fn(inp, params) ->
+    AdvantageOutput`` available by name. Registering a taken name raises VapoError."""
+
+    def deco(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise VapoError(f"advantage estimator {name!r} is already registered",
+                            where="register_advantage_estimator",
+                            fix="choose another name (names are global)")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    """The estimator registered as `name`; unknown names raise with a did-you-mean hint."""
+    try:
+        return ADVANTAGE_ESTIMATORS[name]
+    except KeyError:
+        raise unknown_name_error("advantage estimator", name, ADVANTAGE_ESTIMATORS,
+                                 where="get_advantage_estimator") from None
+
+
+@register_advantage_estimator("gae")
+def _gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+    """Decoupled GAE; lam_actor None -> adaptive_lambda(lengths, alpha) (VAPO)."""
+    if inp.values is None:
+        raise VapoError("the 'gae' estimator needs critic values, got values=None",
+                        where="AdvantageInput.values",
+                        fix="pass the critic's [B, T] values, or use a critic-free estimator "
+                            "(grpo, dr_grpo, rloo)")
+    lam_actor: float | torch.Tensor | None = params.lam_actor
+    if lam_actor is None:
+        lengths = inp.response_mask.to(torch.float32).sum(-1).clamp_min(1.0)  # empty rows: any
+        lam_actor = adaptive_lambda(lengths, params.alpha)
+    adv, ret = decoupled_gae(inp.token_rewards, inp.values, inp.response_mask,
+                             params.gamma, lam_actor, params.lam_critic)
+    return AdvantageOutput(adv, ret)
+
+
+def _group_estimator(fn: Callable[..., torch.Tensor]) -> AdvantageEstimator:
+    def estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+        if inp.group_index is None:
+            raise VapoError(f"the {fn.__name__} estimator needs group_index, got None",
+                            where="AdvantageInput.group_index",
+                            fix="pass one integer group id (prompt id) per response")
+        scores = inp.scores
+        if scores is None:
+            scores = torch.where(inp.response_mask.bool(), inp.token_rewards, 0.0).sum(-1)
+        return AdvantageOutput(fn(scores, inp.group_index, inp.response_mask, params.eps), None)
+
+    estimator.__doc__ = fn.__doc__
+    return estimator
+
+
+register_advantage_estimator("grpo")(_group_estimator(grpo_advantages))
+register_advantage_estimator("dr_grpo")(_group_estimator(dr_grpo_advantages))
+register_advantage_estimator("rloo")(_group_estimator(rloo_advantages))
