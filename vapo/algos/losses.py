@@ -1,0 +1,432 @@
+"""Losses and masked reductions: clipped policy loss (clip-higher, dual-clip), clipped value
+loss, positive-example NLL, KL estimators, entropy, and the loss-aggregation modes.
+
+Formulas: ``/work/shared/spec/algorithms.md``. Token tensors are ``[B, T]`` with a
+``response_mask`` in {0, 1}; every reduction reads only real tokens (masked positions are
+selected away with ``torch.where``, so they receive exactly zero gradient even if they hold
+inf/NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vapo.errors import VapoError, unknown_name_error
+
+__all__ = [
+    "LOSS_AGG_MODES",
+    "POLICY_LOSSES",
+    "aggregate_loss",
+    "entropy_from_logits",
+    "explained_variance",
+    "get_loss_agg_mode",
+    "get_policy_loss",
+    "kl_estimate",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss_clip",
+    "positive_nll_loss",
+    "register_loss_agg_mode",
+    "register_policy_loss",
+    "token_weights",
+    "value_loss",
+]
+
+
+def _check_same_shape(where: str, mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    for name, x in tensors.items():
+        if x.shape != mask.shape:
+            raise VapoError(f"{name} has shape {tuple(x.shape)} but the mask has {tuple(mask.shape)}",
+                            where=where, fix=f"pass {name} with the mask's [B, T] shape")
+
+
+# --------------------------------------------------------------------------------------------
+# Masked reductions
+# --------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of x over real positions (mask = 1), over all elements or along `dim`.
+    x, mask: same shape. Returns a 0-d tensor (dim None) or x reduced along dim."""
+    sel = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return sel.sum() if dim is None else sel.sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over real positions; 0 where there are none (never NaN)."""
+    count = mask.bool().sum() if dim is None else mask.bool().sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp_min(1).to(x.dtype)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of x over all real positions (0-d). unbiased=True uses n - 1 (as verl's
+    ``masked_var``); with fewer than 2 real positions the variance is 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.bool().sum()
+    if unbiased:
+        var = torch.where(n > 1, var * n / (n - 1).clamp_min(1), torch.zeros_like(var))
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over real positions (unbiased var); with shift_mean=False
+    the mean is added back (scale only). Same shape as x; masked positions hold 0."""
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    white = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        white = white + mean
+    return torch.where(mask.bool(), white, torch.zeros((), dtype=white.dtype, device=x.device))
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - pred] / Var[target] over real positions (0-d, detached).
+    1 = perfect critic, 0 = no better than a constant, < 0 worse. NaN when Var[target] = 0
+    (undefined; the CleanRL / Stable-Baselines convention)."""
+    pred, target = pred.detach().to(torch.float64), target.detach().to(torch.float64)
+    var_t = masked_var(target, mask, unbiased=False)
+    var_res = masked_var(target - pred, mask, unbiased=False)
+    nan = torch.full_like(var_t, float("nan"))
+    return torch.where(var_t > 0, 1 - var_res / var_t.clamp_min(1e-300), nan)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss aggregation (spec "Loss aggregation"). token_weights is the single source of truth:
+# aggregate_loss and the diagnostics' per-length gradient-weight reports both use it.
+# --------------------------------------------------------------------------------------------
+
+AggWeightFn = Callable[..., torch.Tensor]
+LOSS_AGG_MODES: dict[str, AggWeightFn] = {}
+
+
+def register_loss_agg_mode(name: str) -> Callable[[AggWeightFn], AggWeightFn]:
+    """Decorator registering ``fn(mask[B,T] float, norm_len, num_tokens, num_seqs) -> [B,T]``
+    weights. Taken names raise VapoError."""
+
+    def deco(fn: AggWeightFn) -> AggWeightFn:
+        if name in LOSS_AGG_MODES:
+            raise VapoError(f"loss aggregation mode {name!r} is already registered",
+                            where="register_loss_agg_mode", fix="choose another name")
+        LOSS_AGG_MODES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_loss_agg_mode(name: str) -> AggWeightFn:
+    """The weight function of aggregation mode `name`; unknown names raise (did-you-mean)."""
+    try:
+        return LOSS_AGG_MODES[name]
+    except KeyError:
+        raise unknown_name_error("loss aggregation mode", name, LOSS_AGG_MODES,
+                                 where="loss_agg_mode") from None
+
+
+@register_loss_agg_mode("token-mean")
+def _token_mean(m: torch.Tensor, norm_len, num_tokens, num_seqs) -> torch.Tensor:
+    # DAPO §3.3 / VAPO: sum_i sum_t L / sum_i l_i -- every token counts equally.
+    n = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=m.dtype)
+    return m / n.clamp_min(1)
+
+
+@register_loss_agg_mode("seq-mean-token-mean")
+def _seq_mean_token_mean(m: torch.Tensor, norm_len, num_tokens, num_seqs) -> torch.Tensor:
+    # GRPO (arXiv 2402.03300 eq. 3): (1/G) sum_i (1/l_i) sum_t L -- every sequence counts
+    # equally. Zero-length rows have no token mean: they get weight 0 and are not counted
+    # in the default number of sequences.
+    lengths = m.sum(-1, keepdim=True)
+    n = (lengths > 0).sum() if num_seqs is None else torch.as_tensor(num_seqs, dtype=m.dtype)
+    return m / lengths.clamp_min(1) / n.clamp_min(1)
+
+
+@register_loss_agg_mode("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(m: torch.Tensor, norm_len, num_tokens, num_seqs) -> torch.Tensor:
+    # Dr. GRPO (arXiv 2503.20783 §3.2): sum_i sum_t L / (B * T_max) with a constant T_max
+    # (norm_len, default the padded length T) and B all rows: the normaliser does not
+    # depend on the batch's content.
+    t_max = m.shape[-1] if norm_len is None else norm_len
+    b = m.shape[0] if num_seqs is None else num_seqs
+    if t_max <= 0 or b <= 0:
+        raise VapoError(f"norm_len and num_seqs must be > 0, got {t_max} and {b}",
+                        where="token_weights", fix="pass positive normalisers")
+    return m / (float(t_max) * float(b))
+
+
+def token_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None,
+                  num_tokens: int | float | None = None,
+                  num_seqs: int | float | None = None) -> torch.Tensor:
+    """The weight each token's loss gets under aggregation `mode`; the loss is
+    ``sum(loss_mat * token_weights)``.
+
+    Args:
+        mask: [B, T] in {0, 1}.
+        mode: "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum-norm" (or registered).
+        norm_len: T_max of seq-mean-token-sum-norm (default T).
+        num_tokens: token-mean normaliser override (e.g. global token count when micro-batching).
+        num_seqs: sequence-count override for the seq-* modes.
+    Returns:
+        [B, T] float32 (float64 if mask is float64) weights; 0 at masked positions. They sum
+        to 1 under the batch's own normalisers (seq-mean-token-sum-norm: sum(l_i)/(B*T_max)).
+    """
+    fn = get_loss_agg_mode(mode)
+    m = mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
+    if (m != 0).logical_and(m != 1).any():
+        raise VapoError("mask must hold only 0 and 1", where="token_weights",
+                        fix="pass response_mask (bool or 0/1)")
+    return fn(m, norm_len, num_tokens, num_seqs)
+
+
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   **agg_kwargs) -> torch.Tensor:
+    """Scalar loss = sum_{i,t} loss_mat * token_weights(mask, mode, ...). loss_mat: [B, T];
+    masked entries are ignored (and get zero gradient). agg_kwargs: norm_len, num_tokens,
+    num_seqs."""
+    _check_same_shape("aggregate_loss", mask, loss_mat=loss_mat)
+    w = token_weights(mask, mode, **agg_kwargs).to(loss_mat.dtype)
+    return masked_sum(loss_mat * w, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Policy loss: PPO clip with clip-higher and optional dual-clip
+# --------------------------------------------------------------------------------------------
+
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator registering a policy loss ``fn(logprobs, old_logprobs, advantages,
+    response_mask, **kwargs) -> (loss, stats)``. Taken names raise VapoError."""
+
+    def deco(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in POLICY_LOSSES:
+            raise VapoError(f"policy loss {name!r} is already registered",
+                            where="register_policy_loss", fix="choose another name")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    """The policy loss registered as `name`; unknown names raise (did-you-mean)."""
+    try:
+        return POLICY_LOSSES[name]
+    except KeyError:
+        raise unknown_name_error("policy loss", name, POLICY_LOSSES, where="policy_loss") from None
+
+
+@register_policy_loss("ppo_clip")
+def policy_loss_clip(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip_c: float | None = None,
+    agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate with clip-higher (DAPO §3.1, VAPO §4):
+
+        rho_t = exp(logpi(o_t) - logpi_old(o_t))
+        L_t   = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)
+
+    Dual-clip (Ye et al. 2020, arXiv 1912.09729 eq. 5), for A_t < 0 only: the loss is capped
+    at -c A_t, i.e. L_t = min(L_t, -c A_t), as verl's ``compute_policy_loss``
+    (``clip_pg_losses2 = min(-A*c, max(pg_losses1, pg_losses2))``). In objective form this is
+    the spec's max(., c A_t). c must be > 1.
+
+    Args:
+        logprobs: [B, T] log pi_theta of the sampled tokens (carries the gradient).
+        old_logprobs, advantages: [B, T] (treated as constants).
+        response_mask: [B, T] in {0, 1}.
+        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high].
+        dual_clip_c: None (off) or c > 1.
+        agg_mode, agg_kwargs: see `token_weights`.
+    Returns:
+        (loss 0-d, stats): stats are detached 0-d tensors (masked means over real tokens):
+        clipfrac_low = mean[A<0 & rho<1-eps_low], clipfrac_high = mean[A>0 & rho>1+eps_high],
+        dual_clipfrac = mean[A<0 & dual clip active], approx_kl = mean k3 of rho
+        ((rho - 1) - log rho, an estimate of KL(pi_old || pi)), ratio_mean, ratio_max.
+    """
+    where = "policy_loss_clip"
+    _check_same_shape(where, response_mask, logprobs=logprobs, old_logprobs=old_logprobs,
+                      advantages=advantages)
+    if not (0 <= eps_low < 1 and eps_high >= 0):
+        raise VapoError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}",
+                        where=where, fix="use e.g. eps_low=0.2, eps_high=0.28")
+    if dual_clip_c is not None and not dual_clip_c > 1:
+        raise VapoError(f"dual_clip_c must be > 1, got {dual_clip_c}", where=where,
+                        fix="use dual_clip_c=3.0 or None to disable")
+    mask = response_mask.bool()
+    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
+    # Padding may hold anything (even inf): select it away before exp so that the gradient
+    # reaching masked positions is exactly 0, not 0 * inf.
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss_mat = torch.maximum(unclipped, clipped)
+    neg = adv < 0
+    dual_active = torch.zeros_like(mask)
+    if dual_clip_c is not None:
+        cap = -adv * dual_clip_c
+        dual_active = neg & (loss_mat > cap)
+        loss_mat = torch.where(neg, torch.minimum(loss_mat, cap), loss_mat)
+    loss = aggregate_loss(loss_mat, response_mask, agg_mode, **agg_kwargs)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        stats = {
+            "clipfrac_low": masked_mean((neg & (r < 1 - eps_low)).float(), mask),
+            "clipfrac_high": masked_mean(((adv > 0) & (r > 1 + eps_high)).float(), mask),
+            "dual_clipfrac": masked_mean(dual_active.float(), mask),
+            "approx_kl": masked_mean((r - 1) - log_ratio.detach(), mask),
+            "ratio_mean": masked_mean(r, mask),
+            "ratio_max": torch.where(mask, r, torch.full_like(r, -torch.inf)).max()
+            if mask.any() else torch.zeros((), dtype=r.dtype),
+        }
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Value loss, positive-example NLL, KL estimators
+# --------------------------------------------------------------------------------------------
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float | None = None,
+    agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Critic loss (spec "Classic PPO baseline"):
+
+        clip_eps None: 1/2 (V - R)^2
+        otherwise:     1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)
+
+    Args:
+        values: [B, T] current predictions (carry the gradient).
+        old_values: [B, T] predictions at rollout time. returns: [B, T] targets.
+        response_mask: [B, T]. clip_eps: None or > 0. agg_mode, agg_kwargs: see `token_weights`.
+    Returns:
+        (loss 0-d, stats): detached 0-d tensors vf_clipfrac (fraction of real tokens where the
+        clipped term is the larger), vpred_mean, value_mse (masked mean of (V - R)^2).
+    """
+    where = "value_loss"
+    _check_same_shape(where, response_mask, values=values, old_values=old_values, returns=returns)
+    if clip_eps is not None and not clip_eps > 0:
+        raise VapoError(f"clip_eps must be > 0 or None, got {clip_eps}", where=where,
+                        fix="use clip_eps=0.2, or None for no value clipping")
+    mask = response_mask.bool()
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    ret = torch.where(mask, returns.detach(), zero)
+    values = torch.where(mask, values, zero)  # padding gets exactly zero gradient
+    err = (values - ret) ** 2
+    clipfrac = torch.zeros((), dtype=values.dtype)
+    if clip_eps is None:
+        loss_mat = 0.5 * err
+    else:
+        v_old = torch.where(mask, old_values.detach(), zero)
+        v_clip = v_old + torch.clamp(values - v_old, -clip_eps, clip_eps)
+        err_clip = (v_clip - ret) ** 2
+        loss_mat = 0.5 * torch.maximum(err, err_clip)
+        clipfrac = masked_mean((err_clip > err).float(), mask).detach()
+    loss = aggregate_loss(loss_mat, response_mask, agg_mode, **agg_kwargs)
+    stats = {
+        "vf_clipfrac": clipfrac,
+        "vpred_mean": masked_mean(values.detach(), mask),
+        "value_mse": masked_mean(err.detach(), mask),
+    }
+    return loss, stats
+
+
+def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
+                      correct: torch.Tensor) -> torch.Tensor:
+    """Positive-example LM loss (VAPO §5):
+
+        L_NLL = -(1 / sum_{i in C} l_i) sum_{i in C} sum_t log pi(o_{i,t})
+
+    over the correct responses C (a token-mean over correct answers).
+
+    Args:
+        logprobs: [B, T] log pi_theta of the sampled tokens. response_mask: [B, T].
+        correct: [B] bool, which responses are correct.
+    Returns:
+        0-d tensor; 0 (still attached to the graph, zero gradient) when no correct response
+        has a token.
+    """
+    where = "positive_nll_loss"
+    _check_same_shape(where, response_mask, logprobs=logprobs)
+    if not isinstance(correct, torch.Tensor) or correct.shape != (logprobs.shape[0],):
+        raise VapoError(f"correct must be a [B]={logprobs.shape[0]} bool tensor", where=where,
+                        fix="pass one bool per response")
+    sel = response_mask.bool() & correct.bool()[:, None]
+    n = sel.sum()
+    if n == 0:
+        return (logprobs * 0).sum()
+    return -masked_sum(logprobs, sel) / n.to(logprobs.dtype)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman 2020,
+    "Approximating KL divergence"; spec "Group advantages"):
+
+        k1 = log pi - log pi_ref
+        k2 = 1/2 (log pi - log pi_ref)^2
+        k3 = pi_ref/pi - log(pi_ref/pi) - 1        (GRPO's, >= 0, unbiased)
+
+    For k3 the log-ratio is clamped to [-20, 20] (as verl) so exp cannot overflow.
+
+    Args:
+        logprobs, ref_logprobs: [B, T] (or any equal shapes). kind: "k1" | "k2" | "k3".
+    Returns:
+        tensor of the same shape (no masking: apply the mask in the reduction).
+    """
+    if logprobs.shape != ref_logprobs.shape:
+        raise VapoError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs "
+                        f"{tuple(ref_logprobs.shape)} differ in shape", where="kl_estimate",
+                        fix="pass tensors of the same [B, T] shape")
+    diff = logprobs - ref_logprobs
+    if kind == "k1":
+        return diff
+    if kind == "k2":
+        return 0.5 * diff**2
+    if kind == "k3":
+        log_r = torch.clamp(-diff, -20.0, 20.0)  # log(pi_ref / pi)
+        return torch.exp(log_r) - log_r - 1
+    raise unknown_name_error("KL estimator", kind, ["k1", "k2", "k3"], where="kl_estimate")
+
+
+# --------------------------------------------------------------------------------------------
+# Logits helpers
+# --------------------------------------------------------------------------------------------
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis: H = logsumexp(z) - sum softmax(z) z
+    (the softmax computed once). logits: [..., V] -> [...], dtype of logits."""
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] = z[label] - logsumexp(z), without materialising the
+    full log-softmax. logits: [B, T, V]; labels: [B, T] int64 -> [B, T]."""
+    if logits.shape[:-1] != labels.shape:
+        raise VapoError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}",
+                        where="logprobs_from_logits", fix="labels must be logits.shape[:-1]")
+    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
