@@ -161,7 +161,8 @@ def _seq_mean_token_sum_norm(m: torch.Tensor, norm_len, num_tokens, num_seqs) ->
 
 def token_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None,
                   num_tokens: int | float | None = None,
-                  num_seqs: int | float | None = None) -> torch.Tensor:
+                  num_seqs: int | float | None = None,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """The weight each token's loss gets under aggregation `mode`; the loss is
     ``sum(loss_mat * token_weights)``.
 
@@ -171,12 +172,15 @@ def token_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None,
         norm_len: T_max of seq-mean-token-sum-norm (default T).
         num_tokens: token-mean normaliser override (e.g. global token count when micro-batching).
         num_seqs: sequence-count override for the seq-* modes.
+        dtype: of the weights (default float32, float64 for a float64 mask).
     Returns:
-        [B, T] float32 (float64 if mask is float64) weights; 0 at masked positions. They sum
+        [B, T] weights; 0 at masked positions. They sum
         to 1 under the batch's own normalisers (seq-mean-token-sum-norm: sum(l_i)/(B*T_max)).
     """
     fn = get_loss_agg_mode(mode)
-    m = mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
+    if dtype is None:
+        dtype = torch.float64 if mask.dtype == torch.float64 else torch.float32
+    m = mask.to(dtype)
     if (m != 0).logical_and(m != 1).any():
         raise VapoError("mask must hold only 0 and 1", where="token_weights",
                         fix="pass response_mask (bool or 0/1)")
@@ -189,7 +193,8 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
     masked entries are ignored (and get zero gradient). agg_kwargs: norm_len, num_tokens,
     num_seqs."""
     _check_same_shape("aggregate_loss", mask, loss_mat=loss_mat)
-    w = token_weights(mask, mode, **agg_kwargs).to(loss_mat.dtype)
+    w = token_weights(mask, mode, **agg_kwargs,
+                      dtype=torch.promote_types(loss_mat.dtype, torch.float32))
     return masked_sum(loss_mat * w, mask)
 
 
@@ -287,9 +292,9 @@ def policy_loss_clip(
     with torch.no_grad():
         r = ratio.detach()
         stats = {
-            "clipfrac_low": masked_mean((neg & (r < 1 - eps_low)).float(), mask),
-            "clipfrac_high": masked_mean(((adv > 0) & (r > 1 + eps_high)).float(), mask),
-            "dual_clipfrac": masked_mean(dual_active.float(), mask),
+            "clipfrac_low": masked_mean((neg & (r < 1 - eps_low)).to(r.dtype), mask),
+            "clipfrac_high": masked_mean(((adv > 0) & (r > 1 + eps_high)).to(r.dtype), mask),
+            "dual_clipfrac": masked_mean(dual_active.to(r.dtype), mask),
             "approx_kl": masked_mean((r - 1) - log_ratio.detach(), mask),
             "ratio_mean": masked_mean(r, mask),
             "ratio_max": torch.where(mask, r, torch.full_like(r, -torch.inf)).max()
@@ -343,7 +348,7 @@ def value_loss(
         v_clip = v_old + torch.clamp(values - v_old, -clip_eps, clip_eps)
         err_clip = (v_clip - ret) ** 2
         loss_mat = 0.5 * torch.maximum(err, err_clip)
-        clipfrac = masked_mean((err_clip > err).float(), mask).detach()
+        clipfrac = masked_mean((err_clip > err).to(err.dtype), mask).detach()
     loss = aggregate_loss(loss_mat, response_mask, agg_mode, **agg_kwargs)
     stats = {
         "vf_clipfrac": clipfrac,
