@@ -1,0 +1,96 @@
+"""Naive float64 Python-loop references for vapo.algos (one sequence, one token at a time).
+
+Deliberately written with plain Python floats and loops, independent of the vectorised code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f(x) -> list:
+    return x.detach().to(torch.float64).tolist()
+
+
+def gae_ref(rewards, values, mask, gamma, lam):
+    """Per-sequence GAE over the real tokens only (masked positions skipped, hold 0)."""
+    r, v, m = _f(rewards), _f(values), mask.bool().tolist()
+    b, t_len = len(m), (len(m[0]) if m else 0)
+    gs = [float(gamma)] * b if not isinstance(gamma, torch.Tensor) or gamma.dim() == 0 else _f(gamma)
+    ls = [float(lam)] * b if not isinstance(lam, torch.Tensor) or lam.dim() == 0 else _f(lam)
+    adv = [[0.0] * t_len for _ in range(b)]
+    ret = [[0.0] * t_len for _ in range(b)]
+    for i in range(b):
+        idx = [t for t in range(t_len) if m[i][t]]
+        a_next, v_next = 0.0, 0.0  # terminal after the last real token
+        for t in reversed(idx):
+            delta = r[i][t] + gs[i] * v_next - v[i][t]
+            a = delta + gs[i] * ls[i] * a_next
+            adv[i][t], ret[i][t] = a, a + v[i][t]
+            a_next, v_next = a, v[i][t]
+    return torch.tensor(adv, dtype=torch.float64), torch.tensor(ret, dtype=torch.float64)
+
+
+def group_ref(scores, group_index, mask, kind, eps=1e-6):
+    s, g = _f(scores), group_index.tolist()
+    m = mask.bool().tolist()
+    out = []
+    for i in range(len(s)):
+        members = [s[j] for j in range(len(s)) if g[j] == g[i]]
+        n = len(members)
+        mean = sum(members) / n
+        if n == 1 or max(members) == min(members):
+            a = 0.0
+        elif kind == "grpo":
+            std = math.sqrt(sum((x - mean) ** 2 for x in members) / (n - 1))
+            a = (s[i] - mean) / (std + eps)
+        elif kind == "dr_grpo":
+            a = s[i] - mean
+        elif kind == "rloo":
+            a = s[i] - (sum(members) - s[i]) / (n - 1)
+        else:
+            raise ValueError(kind)
+        out.append([a if mt else 0.0 for mt in m[i]])
+    return torch.tensor(out, dtype=torch.float64).reshape(mask.shape)
+
+
+def ppo_clip_ref(logp, old, adv, mask, eps_low, eps_high, c=None):
+    """Per-token loss matrix of the clipped objective (dual clip for A < 0)."""
+    lp, ol, a, m = _f(logp), _f(old), _f(adv), mask.bool().tolist()
+    out = []
+    for i in range(len(m)):
+        row = []
+        for t in range(len(m[i])):
+            if not m[i][t]:
+                row.append(0.0)
+                continue
+            rho = math.exp(lp[i][t] - ol[i][t])
+            clipped = min(max(rho, 1 - eps_low), 1 + eps_high)
+            loss = -min(rho * a[i][t], clipped * a[i][t])
+            if c is not None and a[i][t] < 0:
+                loss = min(loss, -c * a[i][t])
+            row.append(loss)
+        out.append(row)
+    return torch.tensor(out, dtype=torch.float64).reshape(mask.shape)
+
+
+def agg_ref(loss_mat, mask, mode, norm_len=None):
+    lm, m = _f(loss_mat), mask.bool().tolist()
+    b = len(m)
+    t_len = len(m[0]) if b else 0
+    if mode == "token-mean":
+        n = sum(sum(row) for row in m)
+        return sum(lm[i][t] for i in range(b) for t in range(t_len) if m[i][t]) / max(n, 1)
+    if mode == "seq-mean-token-mean":
+        means = []
+        for i in range(b):
+            vals = [lm[i][t] for t in range(t_len) if m[i][t]]
+            if vals:
+                means.append(sum(vals) / len(vals))
+        return sum(means) / max(len(means), 1)
+    if mode == "seq-mean-token-sum-norm":
+        total = sum(lm[i][t] for i in range(b) for t in range(t_len) if m[i][t])
+        return total / (b * (norm_len if norm_len is not None else t_len))
+    raise ValueError(mode)
