@@ -1,0 +1,58 @@
+"""Claim 5 (exploration): zero-signal formula vs simulation, quick run, verdict flips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vapo.theory import exp_exploration as E
+
+
+@pytest.mark.parametrize("p,g", [(0.0, 4), (1.0, 3), (0.3, 1), (0.2, 5), (0.5, 16), (0.9, 8)])
+def test_zero_signal_formula_matches_simulation_and_enumeration(p, g):
+    f = float(E.zero_signal_fraction(p, g))
+    # exact enumeration of all 2^G outcomes
+    exact = 0.0
+    for bits in range(2**g):
+        k = bin(bits).count("1")
+        if k in (0, g):
+            exact += p**k * (1 - p) ** (g - k)
+    assert abs(f - exact) < 1e-12
+    sim = E.simulate_zero_signal(p, g, 40_000, np.random.default_rng(0))
+    se = max(np.sqrt(f * (1 - f) / 40_000), 1e-9)
+    assert abs(sim - f) <= 4.5 * se + 1e-12
+
+
+def test_check_zero_signal_detects_a_wrong_formula(monkeypatch):
+    ok = E.check_zero_signal([0.1, 0.5], [2, 4], 20_000, seed=0)
+    assert ok["max_abs_z"] < E.Z_FORMULA
+    monkeypatch.setattr(E, "zero_signal_fraction", lambda p, g: np.asarray(p) ** g)  # wrong
+    bad = E.check_zero_signal([0.1, 0.5], [2, 4], 20_000, seed=0)
+    assert bad["max_abs_z"] > E.Z_FORMULA
+
+
+def test_quick_run_writes_valid_results(tmp_path):
+    out = E.run(tmp_path, quick=True, seed=0)
+    assert out["verdict"] in {"supported", "refuted", "inconclusive"}
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["verdict"] == out["verdict"] and data["hypothesis"] and data["decision_rule"]
+    assert (tmp_path / "exploration.png").stat().st_size > 0
+    for r in data["runs"].values():
+        assert all(0.0 <= s <= 1.0 for s in r["final_success"])
+    assert data["verdict"] == E.decide(data["zero_signal"]["max_abs_z"], list(data["calls"].values()))
+
+
+def test_verdict_flips_with_evidence():
+    assert E.decide(1.0, ["supported", "supported", "inconclusive"]) == "supported"
+    assert E.decide(1.0, ["refuted", "refuted", "supported"]) == "refuted"
+    assert E.decide(9.0, ["supported", "supported", "supported"]) == "refuted"  # formula fails
+    assert E.decide(1.0, ["supported", "inconclusive", "refuted"]) == "inconclusive"
+
+
+def test_compare_calls_direction():
+    a = np.array([1.0, 1.1, 0.9, 1.05])
+    assert E._compare(a, a - 0.5)["call"] == "supported"
+    assert E._compare(a - 0.5, a)["call"] == "refuted"
+    assert E._compare(a, a[::-1])["call"] == "inconclusive"

@@ -1,0 +1,366 @@
+"""Claim 5 — exploration under sparse reward (theory lab, docs/theory_part2.md).
+
+Two parts.
+
+A. Zero-signal groups. If a prompt is solved with probability p and G answers are sampled,
+   the group's rewards are all equal — zero group-relative advantage, zero gradient — with
+   probability p^G + (1 − p)^G. We check this exactly against simulation.
+
+B. Entropy collapse and final success under PPO-style training. A chain token-MDP: prompt k
+   has a required length l_k; at each position one of V tokens is correct; the reward is 1
+   iff every token is correct (sparse, terminal). The policy is a tabular softmax over
+   (prompt, position) — here only optimisation matters. Because the policy does not depend
+   on earlier tokens, everything is exact in closed form: p_k = Π_t π(c_t | k, t), and the
+   policy entropy per position. We run actual small PPO updates — sampled answers,
+   `vapo.algos.policy_loss_clip` (token-mean), group advantages (`vapo.algos.dr_grpo_advantages`)
+   or a single-sample baseline, optional `positive_nll_loss` — and compare, at an equal
+   budget of sampled answers per step:
+     * ε_high = 0.2 vs 0.28 (clip-higher, DAPO §3.1 / VAPO §4),
+     * with vs without the positive-example NLL term (μ = 0.1, VAPO §5),
+     * group sampling (G answers to each of fewer prompts) vs single samples (one answer to
+       each of G× more prompts, baselined by the batch mean — the critic-free option — and
+       by the exact value V^π(prompt) = p_k — a perfect critic).
+   Fixed seeds; mean ± standard error over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vapo.algos import dr_grpo_advantages, policy_loss_clip, positive_nll_loss
+
+NAME = "exploration"
+
+HYPOTHESIS = (
+    "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
+    "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "
+    "success; the positive-example NLL term raises final success; group sampling beats "
+    "single samples at an equal sample budget."
+)
+
+DECISION_RULE = (
+    "Part A holds if every (p, G) cell's simulated zero-signal fraction is within 4.5 binomial "
+    "standard errors of the formula. Each part-B comparison is 'supported' if the difference "
+    "(in the claimed direction) exceeds 2 standard errors of the difference over seeds, "
+    "'refuted' if it exceeds 2 SE in the opposite direction, else 'inconclusive'. "
+    "Verdict: refuted if part A fails or a majority of the 3 part-B comparisons is refuted; "
+    "supported if part A holds and at least 2 of the 3 part-B comparisons are supported; "
+    "otherwise inconclusive."
+)
+
+Z_FORMULA = 4.5
+Z_COMPARE = 2.0
+
+
+# ---------------------------------------------------------------------------------------
+# Part A: zero-signal groups
+# ---------------------------------------------------------------------------------------
+
+
+def zero_signal_fraction(p: float | np.ndarray, group_size: int) -> float | np.ndarray:
+    """P(all G Bernoulli(p) rewards equal) = p^G + (1 − p)^G (1 for G = 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p**group_size + (1.0 - p) ** group_size
+
+
+def simulate_zero_signal(p: float, group_size: int, n_groups: int, rng: np.random.Generator) -> float:
+    """Fraction of `n_groups` simulated groups of G Bernoulli(p) rewards that are all equal."""
+    wins = rng.binomial(group_size, p, size=n_groups)
+    return float(np.mean((wins == 0) | (wins == group_size)))
+
+
+def check_zero_signal(ps, group_sizes, n_groups: int, seed: int) -> dict:
+    """Formula vs simulation on a (p, G) grid; returns the table and the worst |z|."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in ps:
+        for g in group_sizes:
+            f = float(zero_signal_fraction(p, g))
+            sim = simulate_zero_signal(p, g, n_groups, rng)
+            se = math.sqrt(max(f * (1 - f), 1e-12) / n_groups)
+            rows.append({"p": p, "G": g, "formula": f, "simulated": sim, "z": (sim - f) / se})
+    return {"rows": rows, "max_abs_z": max(abs(r["z"]) for r in rows), "n_groups": n_groups}
+
+
+# ---------------------------------------------------------------------------------------
+# Part B: the chain token-MDP with a tabular softmax policy
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainMDP:
+    """K prompts; prompt k needs l_k tokens, the correct token at every position is 0.
+
+    lengths: [K] int; vocab: V; init_logits: [K, L, V] tensor the policy starts from
+    (positions ≥ l_k are unused and masked everywhere).
+    """
+
+    lengths: torch.Tensor
+    vocab: int
+    init_logits: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:  # [K, L] float64, 1 on each prompt's real positions
+        L = self.init_logits.shape[1]
+        return (torch.arange(L)[None, :] < self.lengths[:, None]).to(torch.float64)
+
+
+def make_chain(n_prompts: int, max_len: int, vocab: int, p_range: tuple[float, float], seed: int) -> ChainMDP:
+    """Prompts with lengths in [max_len/4, max_len] and initial success p_k log-uniform in
+    p_range: the correct token's probability is q_k = p_k^(1/l_k) at every position."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, max_len // 4), max_len + 1, (n_prompts,), generator=g)
+    lo, hi = math.log(p_range[0]), math.log(p_range[1])
+    p0 = torch.exp(lo + (hi - lo) * torch.rand(n_prompts, generator=g, dtype=torch.float64))
+    q = p0 ** (1.0 / lengths.to(torch.float64))
+    logit_c = torch.log(q * (vocab - 1) / (1 - q))  # softmax([c, 0, ..., 0])[0] = q
+    logits = torch.zeros(n_prompts, max_len, vocab, dtype=torch.float64)
+    logits[:, :, 0] = logit_c[:, None]
+    return ChainMDP(lengths=lengths, vocab=vocab, init_logits=logits)
+
+
+def exact_success(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
+    """[K] exact success probability p_k = Π_{t<l_k} π(0 | k, t)."""
+    logp0 = torch.log_softmax(logits, dim=-1)[..., 0]
+    return torch.exp((logp0 * mdp.mask).sum(dim=1))
+
+
+def mean_entropy(logits: torch.Tensor, mdp: ChainMDP) -> float:
+    """Mean over prompts and real positions of the policy's entropy (nats)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return float((ent * mdp.mask).sum() / mdp.mask.sum())
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    eps_high: float
+    nll_coef: float
+    group_size: int
+    baseline: str  # "group" (Dr. GRPO: R − group mean), "batch" (R − batch mean), "exact" (R − p_k)
+
+
+def _sample(logits: torch.Tensor, mdp: ChainMDP, prompts: torch.Tensor, g: torch.Generator):
+    """Sample one answer per entry of `prompts` ([B] prompt ids). Returns tokens [B, L],
+    mask [B, L] (float64), success [B] bool."""
+    probs = torch.softmax(logits[prompts], dim=-1)  # [B, L, V]
+    b, L, v = probs.shape
+    tokens = torch.multinomial(probs.reshape(-1, v), 1, generator=g).reshape(b, L)
+    mask = mdp.mask[prompts]
+    success = ((tokens != 0).to(torch.float64) * mask).sum(dim=1) == 0
+    return tokens, mask, success
+
+
+def _token_logprobs(logits: torch.Tensor, prompts: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
+    logp = torch.log_softmax(logits[prompts], dim=-1)
+    return logp.gather(-1, tokens[..., None]).squeeze(-1) * mask
+
+
+def train_ppo(mdp: ChainMDP, cond: Condition, *, steps: int, budget: int, lr: float,
+              inner_epochs: int, seed: int) -> dict:
+    """PPO on the chain MDP with `budget` sampled answers per step; returns the exact success
+    (mean over prompts) and entropy curves."""
+    g = torch.Generator().manual_seed(seed)
+    theta = mdp.init_logits.clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    k = mdp.lengths.shape[0]
+    n_prompts = budget // cond.group_size
+    succ_curve, ent_curve = [], []
+    for _ in range(steps):
+        with torch.no_grad():
+            prompts = torch.randint(0, k, (n_prompts,), generator=g).repeat_interleave(cond.group_size)
+            tokens, mask, success = _sample(theta, mdp, prompts, g)
+            old_lp = _token_logprobs(theta, prompts, tokens, mask)
+            r = success.to(torch.float64)
+            if cond.baseline == "group":
+                adv = dr_grpo_advantages(r, prompts, mask)
+            elif cond.baseline == "batch":
+                adv = (r - r.mean())[:, None] * mask
+            else:
+                adv = (r - exact_success(theta, mdp)[prompts])[:, None] * mask
+        for _ in range(inner_epochs):
+            lp = _token_logprobs(theta, prompts, tokens, mask)
+            loss, _ = policy_loss_clip(lp, old_lp, adv, mask, eps_low=0.2, eps_high=cond.eps_high,
+                                       agg_mode="token-mean")
+            if cond.nll_coef > 0:
+                loss = loss + cond.nll_coef * positive_nll_loss(lp, mask, success)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            succ_curve.append(float(exact_success(theta, mdp).mean()))
+            ent_curve.append(mean_entropy(theta, mdp))
+    return {"success": succ_curve, "entropy": ent_curve}
+
+
+CONDITIONS = (
+    Condition("eps0.20", 0.20, 0.0, 8, "group"),
+    Condition("eps0.28", 0.28, 0.0, 8, "group"),
+    Condition("eps0.28+nll", 0.28, 0.1, 8, "group"),
+    Condition("single-batch", 0.28, 0.0, 1, "batch"),
+    Condition("single-exactV", 0.28, 0.0, 1, "exact"),
+)
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """Difference a − b (per-seed paired) with its standard error and the 3-way call."""
+    d = a - b
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("inf")
+    mean = float(d.mean())
+    if mean > Z_COMPARE * se:
+        call = "supported"
+    elif mean < -Z_COMPARE * se:
+        call = "refuted"
+    else:
+        call = "inconclusive"
+    return {"diff": mean, "se": se, "call": call}
+
+
+def decide(formula_max_abs_z: float, calls: list[str]) -> str:
+    """The decision rule (DECISION_RULE) as code: part-A worst |z| and the 3 part-B calls."""
+    if formula_max_abs_z > Z_FORMULA or sum(c == "refuted" for c in calls) * 2 > len(calls):
+        return "refuted"
+    if sum(c == "supported" for c in calls) >= 2:
+        return "supported"
+    return "inconclusive"
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
+                    vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=2, lr=0.1)
+    return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
+                n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
+                seeds=list(range(8)), inner_epochs=2, lr=0.1)
+
+
+def compute(quick: bool = False, seed: int = 0) -> dict:
+    """Run both parts; return a JSON-able dict of evidence (no verdict)."""
+    sz = sizes(quick)
+    t0 = time.perf_counter()
+    part_a = check_zero_signal(sz["ps"], sz["group_sizes"], sz["n_groups"], seed)
+    mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
+    runs: dict[str, dict] = {}
+    for cond in CONDITIONS:
+        per_seed = [
+            train_ppo(mdp, cond, steps=sz["steps"], budget=sz["budget"], lr=sz["lr"],
+                      inner_epochs=sz["inner_epochs"], seed=1000 * seed + s)
+            for s in sz["seeds"]
+        ]
+        succ = np.array([r["success"] for r in per_seed])  # [S, steps]
+        ent = np.array([r["entropy"] for r in per_seed])
+        runs[cond.name] = {
+            "condition": cond.__dict__,
+            "final_success": succ[:, -1].tolist(),
+            "final_entropy": ent[:, -1].tolist(),
+            "success_mean_curve": succ.mean(0).tolist(),
+            "entropy_mean_curve": ent.mean(0).tolist(),
+        }
+    fs = {k: np.array(v["final_success"]) for k, v in runs.items()}
+    fe = {k: np.array(v["final_entropy"]) for k, v in runs.items()}
+    comparisons = {
+        "clip_higher_entropy": _compare(fe["eps0.28"], fe["eps0.20"]),
+        "clip_higher_success": _compare(fs["eps0.28"], fs["eps0.20"]),
+        "nll_success": _compare(fs["eps0.28+nll"], fs["eps0.28"]),
+        "nll_entropy": _compare(fe["eps0.28+nll"], fe["eps0.28"]),
+        "group_vs_single_batch": _compare(fs["eps0.28"], fs["single-batch"]),
+        "group_vs_single_exactV": _compare(fs["eps0.28"], fs["single-exactV"]),
+    }
+    # Clip-higher counts as supported only if entropy is higher AND success is not lower.
+    ch = comparisons["clip_higher_entropy"]["call"]
+    if ch == "supported" and comparisons["clip_higher_success"]["call"] == "refuted":
+        ch = "refuted"
+    calls = {"clip_higher": ch, "nll": comparisons["nll_success"]["call"],
+             "group_sampling": comparisons["group_vs_single_batch"]["call"]}
+    return {
+        "sizes": sz,
+        "seed": seed,
+        "initial_success": float(exact_success(mdp.init_logits, mdp).mean()),
+        "initial_entropy": mean_entropy(mdp.init_logits, mdp),
+        "zero_signal": part_a,
+        "runs": runs,
+        "comparisons": comparisons,
+        "calls": calls,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summarize(res: dict) -> dict:
+    """Headline numbers (mean ± stderr over seeds) per condition."""
+    out = {}
+    for name, r in res["runs"].items():
+        s, e = np.array(r["final_success"]), np.array(r["final_entropy"])
+        n = len(s)
+        out[name] = {
+            "success": float(s.mean()), "success_se": float(s.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+            "entropy": float(e.mean()), "entropy_se": float(e.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        }
+    return out
+
+
+def plot(res: dict, path) -> None:
+    """Zero-signal formula vs simulation, and success/entropy curves per condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    rows = res["zero_signal"]["rows"]
+    for g in sorted({r["G"] for r in rows}):
+        sel = [r for r in rows if r["G"] == g]
+        ax[0].plot([r["p"] for r in sel], [r["formula"] for r in sel], "-", label=f"G={g}")
+        ax[0].plot([r["p"] for r in sel], [r["simulated"] for r in sel], "k.", ms=4)
+    ax[0].set(xlabel="success probability p", ylabel="zero-signal fraction",
+              title="p^G + (1-p)^G (lines) vs simulation (dots)")
+    ax[0].legend(fontsize=7)
+    for name, r in res["runs"].items():
+        ax[1].plot(r["success_mean_curve"], label=name)
+        ax[2].plot(r["entropy_mean_curve"], label=name)
+    ax[1].set(xlabel="PPO step", ylabel="exact success (mean over prompts)", title="success")
+    ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# Running: results.json + PNG + verdict line
+# ---------------------------------------------------------------------------------------
+
+
+def write_outputs(out_dir, name: str, payload: dict, plot_fn) -> dict:
+    """Write `payload` to out_dir/results.json and the figure to out_dir/<name>.png."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    plot_fn(png)
+    payload = {**payload, "files": {"results": str(out / "results.json"), "plot": str(png)}}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
+    return payload
+
+
+def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
+    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
+    res = compute(quick=quick, seed=seed)
+    verdict = decide(res["zero_signal"]["max_abs_z"], list(res["calls"].values()))
+    summ = summarize(res)
+    line = (f"{NAME}: {verdict} — zero-signal formula max|z|={res['zero_signal']['max_abs_z']:.2f}; "
+            f"calls {res['calls']}; final success eps0.20 {summ['eps0.20']['success']:.3f} vs "
+            f"eps0.28 {summ['eps0.28']['success']:.3f} vs +nll {summ['eps0.28+nll']['success']:.3f} vs "
+            f"single {summ['single-batch']['success']:.3f}")
+    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
+               "verdict": verdict, "verdict_line": line, "summary": summ, **res}
+    if out_dir is not None:
+        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, p))
+    return payload
