@@ -36,9 +36,9 @@ __all__ = [
     "rloo_advantages",
 ]
 
-# Tokens per chunk of the chunked scan in `discounted_reverse_cumsum`. Chosen by measurement
-# (benchmarks/bench_algos.py, 2 CPU threads): 16 and 32 are equally fast on [512, 8192],
-# 64 is ~2x slower (the in-chunk matmul costs B*T*K), 32 is faster at moderate T.
+# Tokens per chunk of the chunked scan in `discounted_reverse_cumsum`, chosen by measurement
+# (benchmarks/bench_algos.py, 2 CPU threads, [512, 8192]): K = 16 and 32 are within noise of
+# each other (~10-17 ms), 64 is ~3x and 128 ~6x slower (the in-chunk matmuls cost B*T*K).
 _CHUNK = 32
 
 
@@ -133,7 +133,7 @@ def discounted_reverse_cumsum(x: torch.Tensor, c: torch.Tensor, chunk: int = _CH
         return torch.bmm(_decay_matrix(c, t, x.dtype), x.unsqueeze(-1)).squeeze(-1)
     n = -(-t // chunk)
     pad = n * chunk - t
-    xc = F.pad(x, (0, pad)).view(b, n, chunk)  # zeros after the end change nothing
+    xc = (F.pad(x, (0, pad)) if pad else x).reshape(b, n, chunk)  # zeros after the end: no effect
     local = torch.bmm(xc, _decay_matrix(c, chunk, x.dtype).transpose(1, 2))  # [B, N, K]
     heads = local[:, :, 0].to(torch.float64)
     starts = discounted_reverse_cumsum(heads, c**chunk, chunk)  # S_n, [B, N], float64
@@ -147,13 +147,21 @@ def discounted_reverse_cumsum(x: torch.Tensor, c: torch.Tensor, chunk: int = _CH
     return y.reshape(b, n * chunk)[:, :t]
 
 
-def _compact_left(mask: torch.Tensor) -> torch.Tensor | None:
-    """Permutation [B, T] moving each row's real tokens to the left (stable), or None when the
-    mask is already right-padded (the common case: nothing to do)."""
+def _compaction_index(mask: torch.Tensor) -> torch.Tensor | None:
+    """Destination index [B, T] that moves each row's real tokens to the left, in order, and
+    its padding to the right; None when the mask is already right-padded (the common case).
+
+    Position t goes to (number of real tokens before t) if real, else to
+    (row length + number of padding positions before t): a permutation of 0..T-1 per row,
+    computed with one cumsum (O(B T), no sort)."""
     if mask.shape[1] < 2 or bool((mask[:, 1:] <= mask[:, :-1]).all()):
         return None
-    # Stable sort on "is padding": real tokens first, in their original order.
-    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    # Counting in float32 is exact up to 2^24 tokens per row and much faster than int64 cumsum.
+    real = mask.to(torch.float32)
+    before_real = torch.cumsum(real, dim=1).sub_(real)
+    before_pad = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float32) - before_real
+    dest = torch.where(mask, before_real, before_pad.add_(real.sum(1, keepdim=True)))
+    return dest.to(torch.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +187,8 @@ def masked_gae(
     verl's ``compute_gae_advantage_return`` carries ``nextvalues``/``lastgaelam`` through
     them. So left-, middle- and right-padding all work.
 
-    Implementation: rows whose mask is not right-padded are compacted to the left (stable
-    argsort), then the recursion is solved by the chunked scan `discounted_reverse_cumsum`
+    Implementation: masks that are not right-padded are compacted to the left (a cumsum
+    index, no sort), then the recursion is solved by the chunked scan `discounted_reverse_cumsum`
     (batched matmuls instead of a loop over T) and scattered back. `masked_gae_reference`
     is the same computation as a readable loop.
 
@@ -205,22 +213,24 @@ def masked_gae(
     lm = _per_sequence("lam", lam, b, where, torch.float64, values.device)
 
     mask = response_mask.bool()
+    # Padding may hold anything: zero it (rewards and values there are ignored).
     r = torch.where(mask, token_rewards.to(dtype), 0.0)
     v = torch.where(mask, values.to(dtype), 0.0)
-    order = _compact_left(mask)
-    if order is not None:  # real tokens first; then "next real token" = next position
-        r, v, mask = r.gather(1, order), v.gather(1, order), mask.gather(1, order)
+    dest = _compaction_index(mask)
+    if dest is not None:  # real tokens first; then "next real token" = next position
+        r = torch.zeros_like(r).scatter_(1, dest, r)
+        v = torch.zeros_like(v).scatter_(1, dest, v)
 
-    # One-step TD errors; V_{t+1} is 0 at the terminal state and beyond (v is 0 on padding).
+    # From here every row is right-padded with r = v = 0 on the padding, so the padding
+    # needs no masking: V_{t+1} = 0 at and after the terminal state (F.pad), delta = 0 on
+    # the padding, hence A = sum of future deltas = 0 and R = A + V = 0 there too.
     v_next = F.pad(v[:, 1:], (0, 1))
-    delta = torch.where(mask, r + g.to(dtype)[:, None] * v_next - v, 0.0)
-    adv = discounted_reverse_cumsum(delta, g * lm)
-    adv = torch.where(mask, adv, 0.0)
-    ret = torch.where(mask, adv + v, 0.0)
+    delta = torch.addcmul(r, g.to(dtype)[:, None], v_next).sub_(v)  # r + gamma V' - V
+    adv = discounted_reverse_cumsum(delta, g * lm)  # A_t = delta_t + gamma lam A_{t+1}
+    ret = adv + v
 
-    if order is not None:  # undo the compaction
-        adv = torch.empty_like(adv).scatter_(1, order, adv)
-        ret = torch.empty_like(ret).scatter_(1, order, ret)
+    if dest is not None:  # undo the compaction
+        adv, ret = adv.gather(1, dest), ret.gather(1, dest)
     return adv.to(out_dtype), ret.to(out_dtype)
 
 
