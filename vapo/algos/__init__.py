@@ -43,6 +43,10 @@ from vapo.algos.losses import (
 )
 from vapo.algos.shaping import dynamic_sampling_keep, overlong_penalty, scores_to_token_rewards
 
+# Importing the package registers every built-in estimator, so that names in a config
+# (e.g. "gae_error_aware") resolve wherever vapo.algos is imported.
+from vapo.algos import pathways  # noqa: E402, F401  isort: skip
+
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "LOSS_AGG_MODES",
