@@ -234,10 +234,10 @@ def decide(formula_max_abs_z: float, calls: list[str]) -> str:
 def sizes(quick: bool) -> dict:
     if quick:
         return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
-                    vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=2, lr=0.1)
+                    vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=4, lr=0.3)
     return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
                 n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
-                seeds=list(range(8)), inner_epochs=2, lr=0.1)
+                seeds=list(range(8)), inner_epochs=4, lr=0.3)
 
 
 def compute(quick: bool = False, seed: int = 0) -> dict:
