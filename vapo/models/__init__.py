@@ -1,0 +1,35 @@
+"""Models: the char-level tokenizer, the policy (a HF causal LM of a named size), the critic
+(backbone + scalar value head) and the batched log-prob / value computations over responses."""
+
+from vapo.models.critic import Critic
+from vapo.models.forward import response_logprobs, response_values
+from vapo.models.policy import (
+    MODEL_SIZES,
+    ModelSize,
+    build_policy,
+    count_parameters,
+    ensure_tokenizer_compatible,
+    load_policy,
+    load_policy_and_tokenizer,
+    policy_config,
+)
+from vapo.models.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    VOCAB,
+    VOCAB_SIZE,
+    build_char_tokenizer,
+    decode_responses,
+    encode_chars,
+    encode_prompts,
+    is_char_tokenizer,
+)
+
+__all__ = [
+    "BOS_ID", "EOS_ID", "MODEL_SIZES", "PAD_ID", "UNK_ID", "VOCAB", "VOCAB_SIZE", "Critic", "ModelSize",
+    "build_char_tokenizer", "build_policy", "count_parameters", "decode_responses", "encode_chars",
+    "encode_prompts", "ensure_tokenizer_compatible", "is_char_tokenizer", "load_policy",
+    "load_policy_and_tokenizer", "policy_config", "response_logprobs", "response_values",
+]

@@ -1,0 +1,141 @@
+"""The policy: a Hugging Face causal LM (Qwen2) built from a named size, or loaded from a directory.
+
+Sizes are tiny on purpose: the built-in tasks are character-level and the whole pipeline (SFT
+warm start, RL) has to run on a 2-core CPU in minutes. Parameter counts (char vocabulary of 100,
+tied input/output embeddings):
+
+    tiny   hidden 128, 4 layers, 4 heads (2 KV heads), MLP 512    ~1.0M parameters
+    small  hidden 256, 6 layers, 8 heads (4 KV heads), MLP 1024   ~5.9M parameters
+
+The models are float32 with PyTorch's scaled-dot-product attention ("sdpa").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vapo.errors import VapoError, unknown_name_error
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    nominal_params: int  # what the name promises; tests hold the real count within 40% of it
+    max_position_embeddings: int = 512
+
+
+MODEL_SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(128, 4, 4, 2, 512, nominal_params=1_000_000),
+    "small": ModelSize(256, 6, 8, 4, 1024, nominal_params=6_000_000),
+}
+
+
+def policy_config(size: str, tokenizer: Any) -> Any:
+    """The ``Qwen2Config`` of a named size for ``tokenizer``'s vocabulary."""
+    from transformers import Qwen2Config
+
+    if size not in MODEL_SIZES:
+        raise unknown_name_error("model size", size, MODEL_SIZES, where="model.size")
+    s = MODEL_SIZES[size]
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        num_key_value_heads=s.num_key_value_heads,
+        intermediate_size=s.intermediate_size,
+        max_position_embeddings=s.max_position_embeddings,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attn_implementation="sdpa",
+        dtype="float32",
+    )
+
+
+def build_policy(size: str, tokenizer: Any, seed: int = 0) -> Any:
+    """A freshly initialised ``Qwen2ForCausalLM`` of a named size (float32, sdpa attention).
+
+    Deterministic given ``seed``: the weights are drawn under a forked RNG seeded with it, so the
+    global torch RNG is left untouched. Returned in eval mode; call ``.train()`` to train.
+    """
+    from transformers import Qwen2ForCausalLM
+
+    config = policy_config(size, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.to(torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
+def load_policy(path: str | Path) -> Any:
+    """Load a causal LM saved with ``save_pretrained`` (``AutoModelForCausalLM``), float32, eval mode.
+
+    Raises VapoError when ``path`` is not a directory holding a causal-LM ``config.json`` and
+    weights. The tokenizer is loaded separately (``AutoTokenizer.from_pretrained(path)``), or both
+    together with :func:`load_policy_and_tokenizer`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.is_dir():
+        raise VapoError(f"policy directory {p} does not exist", where="load_policy",
+                        fix="pass a directory written by save_pretrained (e.g. runs/<name>/checkpoints/step_N/policy)")
+    if not (p / "config.json").is_file():
+        raise VapoError(f"{p} has no config.json", where="load_policy",
+                        fix="pass a Hugging Face model directory written by save_pretrained")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError for broken directories
+        raise VapoError(f"could not load a causal LM from {p}: {type(e).__name__}: {e}", where="load_policy",
+                        fix="check that the directory holds config.json and model.safetensors of a causal LM") from e
+    return model.eval()
+
+
+def load_policy_and_tokenizer(path: str | Path) -> tuple[Any, Any]:
+    """``(load_policy(path), AutoTokenizer.from_pretrained(path))``, checked to be compatible."""
+    from transformers import AutoTokenizer
+
+    model = load_policy(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(Path(path))
+    except Exception as e:
+        raise VapoError(f"could not load a tokenizer from {path}: {type(e).__name__}: {e}", where="load_policy_and_tokenizer",
+                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir)") from e
+    ensure_tokenizer_compatible(model, tokenizer, where=str(path))
+    return model, tokenizer
+
+
+def ensure_tokenizer_compatible(model: Any, tokenizer: Any, *, where: str = "model") -> None:
+    """Raise VapoError unless every token id of ``tokenizer`` indexes a row of the model's embedding
+    and pad/bos/eos exist. (An embedding larger than the vocabulary, e.g. padded to a multiple of
+    64, is allowed.)"""
+    n_emb = model.get_input_embeddings().weight.shape[0]
+    n_tok = len(tokenizer)
+    if n_tok > n_emb:
+        raise VapoError(f"the tokenizer has {n_tok} tokens but the model's embedding has only {n_emb} rows",
+                        where=where, fix="load the tokenizer that was saved with this model")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is None:
+            raise VapoError(f"the tokenizer has no {name.removesuffix('_id')}", where=where,
+                            fix="set it on the tokenizer (e.g. tokenizer.pad_token = tokenizer.eos_token) or use build_char_tokenizer()")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
