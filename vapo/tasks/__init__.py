@@ -1,0 +1,34 @@
+"""Verifiable tasks: the Task protocol, a registry, three procedural tasks and jsonl files.
+
+>>> import random
+>>> from vapo.tasks import get_task
+>>> task = get_task("running_sum")
+>>> p = task.sample(random.Random(0))
+>>> task.score(p, p.solution).correct
+True
+"""
+
+from vapo.tasks.base import (
+    MARKER,
+    SPLITS,
+    TASKS,
+    Problem,
+    ProceduralTask,
+    Reward,
+    Task,
+    final_answer,
+    get_task,
+    instance_unit,
+    is_heldout,
+    register_task,
+    sample_problems,
+    score_integer_answer,
+)
+from vapo.tasks.files import FileTask, normalise_answer
+from vapo.tasks.procedural import DEFAULT_TASK, Addition, Multiply, RunningSum
+
+__all__ = [
+    "DEFAULT_TASK", "MARKER", "SPLITS", "TASKS", "Addition", "FileTask", "Multiply", "Problem",
+    "ProceduralTask", "Reward", "RunningSum", "Task", "final_answer", "get_task", "instance_unit",
+    "is_heldout", "normalise_answer", "register_task", "sample_problems", "score_integer_answer",
+]
