@@ -74,9 +74,9 @@ def state_features(mdp: TokenMDP) -> np.ndarray:
     return f
 
 
-def fit_critic(mdp: TokenMDP, logits: np.ndarray, init: np.ndarray, lam: float, iters: int,
+def fit_critic(mdp: TokenMDP, logits: np.ndarray, init: np.ndarray, lam, iters: int,
                batch: int, lr: float, rng: np.random.Generator, checkpoints=(),
-               features: np.ndarray | None = None) -> dict[int, np.ndarray]:
+               features: np.ndarray | None = None):
     """Fit a critic to the fixed policy by regression on λ-returns (TD(λ); λ = 1: MC returns).
 
     Each iteration samples `batch` answers, computes targets R_t = GAE_λ(V̂)_t + V̂_t with
@@ -85,40 +85,44 @@ def fit_critic(mdp: TokenMDP, logits: np.ndarray, init: np.ndarray, lam: float, 
       tabular (features None): V̂(s) += lr · mean over visits of (R_t − V̂(s));
       linear  (features [K, L+1, M1, F]): w += lr · mean_t (R_t − w·φ_t) φ_t / mean|φ|², with w
               initialised by least squares to `init`.
-    Returns {iteration: V̂ table [K, L+1, M1]} for iteration 0 (init) and each checkpoint.
+    `lam` may be a list: then one critic per λ is fitted on the *same* sampled answers.
+    Returns {iteration: V̂ [K, L+1, M1]} (iteration 0 = init, plus each checkpoint), or
+    {λ: that dict} when `lam` is a list.
     """
-    snaps = {0: init.copy()}
-    table = init.copy()
-    w = None
-    if features is not None:
-        F = features.shape[-1]
-        X = features.reshape(-1, F)
-        w = np.linalg.lstsq(X, init.reshape(-1), rcond=None)[0]
-        table = (features @ w)
-        snaps[0] = table.copy()
     from vapo.theory.mdp import action_probs
 
+    lams = list(lam) if isinstance(lam, (list, tuple)) else [lam]
+    tables, ws, snaps = [], [], []
+    for _ in lams:
+        if features is None:
+            tables.append(init.copy())
+            ws.append(None)
+        else:
+            w = np.linalg.lstsq(features.reshape(-1, features.shape[-1]), init.reshape(-1), rcond=None)[0]
+            ws.append(w)
+            tables.append(features @ w)
+        snaps.append({0: tables[-1].copy()})
     pi = action_probs(mdp, logits)
     for it in range(1, iters + 1):
         tr = sample(mdp, logits, batch, rng, pi=pi)
-        vals = tr.gather(table)
         tt = tr.torch()
-        _, ret = masked_gae(tt["token_rewards"], torch.from_numpy(vals), tt["response_mask"], 1.0, lam)
-        target = ret.numpy()
         m = tr.mask > 0
         k = np.broadcast_to(tr.prompts[:, None], m.shape)[m]
         t, mm = tr.t_idx[m], tr.m_idx[m]
-        err = target[m] - vals[m]
-        if w is None:
-            s = np.zeros_like(table)
-            c = np.zeros_like(table)
-            np.add.at(s, (k, t, mm), err)
-            np.add.at(c, (k, t, mm), 1.0)
-            table = table + lr * np.where(c > 0, s / np.maximum(c, 1), 0.0)
-        else:
-            phi = features[k, t, mm]
-            w = w + lr * (err[:, None] * phi).mean(0) / (phi**2).sum(1).mean()
-            table = features @ w
-        if it in checkpoints:
-            snaps[it] = table.copy()
-    return snaps
+        c = np.zeros_like(init)
+        np.add.at(c, (k, t, mm), 1.0)
+        for i, lm in enumerate(lams):
+            vals = tr.gather(tables[i])
+            _, ret = masked_gae(tt["token_rewards"], torch.from_numpy(vals), tt["response_mask"], 1.0, lm)
+            err = ret.numpy()[m] - vals[m]
+            if ws[i] is None:
+                s = np.zeros_like(init)
+                np.add.at(s, (k, t, mm), err)
+                tables[i] = tables[i] + lr * np.where(c > 0, s / np.maximum(c, 1), 0.0)
+            else:
+                phi = features[k, t, mm]
+                ws[i] = ws[i] + lr * (err[:, None] * phi).mean(0) / (phi**2).sum(1).mean()
+                tables[i] = features @ ws[i]
+            if it in checkpoints:
+                snaps[i][it] = tables[i].copy()
+    return {lm: sn for lm, sn in zip(lams, snaps, strict=True)} if isinstance(lam, (list, tuple)) else snaps[0]
