@@ -25,6 +25,7 @@ def theory_command(
     OUT/index.html with every experiment's claim, hypothesis, decision rule, verdict and plots.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console()
     exps = load_experiments()
@@ -39,8 +40,7 @@ def theory_command(
             res = exps[n].run(seed=seed, out_dir=Path(out) / n, quick=quick)
         results.append(res)
         colour = {"supported": "green", "refuted": "red"}.get(res.verdict.status, "yellow")
-        console.print(f"[{colour}]{html.escape(res.verdict.line, quote=False)}[/{colour}]  ({res.seconds:.1f} s)",
-                      markup=True, highlight=False)
+        console.print(f"[{colour}]{escape(res.verdict.line)}[/{colour}]  ({res.seconds:.1f} s)", highlight=False)
     if name == "all":
         page = write_html(results, Path(out) / "index.html")
         console.print(f"wrote {page}")
