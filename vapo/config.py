@@ -151,6 +151,7 @@ class TrainConfig(_Section):
     eval_every: int = Field(10, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    device: str = Field("auto", description="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
 class EvalConfig(_Section):

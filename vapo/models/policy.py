@@ -4,6 +4,7 @@ Sizes are tiny on purpose: the built-in tasks are character-level and the whole 
 warm start, RL) has to run on a 2-core CPU in minutes. Parameter counts (char vocabulary of 100,
 tied input/output embeddings):
 
+    micro  hidden 64, 3 layers, 4 heads (2 KV heads), MLP 256      ~0.2M parameters (tests, quick runs)
     tiny   hidden 128, 4 layers, 4 heads (2 KV heads), MLP 512    ~1.0M parameters
     small  hidden 256, 6 layers, 8 heads (4 KV heads), MLP 1024   ~5.9M parameters
 
@@ -33,6 +34,7 @@ class ModelSize:
 
 
 MODEL_SIZES: dict[str, ModelSize] = {
+    "micro": ModelSize(64, 3, 4, 2, 256, nominal_params=200_000),
     "tiny": ModelSize(128, 4, 4, 2, 512, nominal_params=1_000_000),
     "small": ModelSize(256, 6, 8, 4, 1024, nominal_params=6_000_000),
 }

@@ -1,0 +1,138 @@
+"""Evaluation: accuracy by split and length bucket, avg@k and pass@k.
+
+The evaluation set of a split is fixed by (task, split, seed): the same prompts before and after
+training, and its sampling uses its own generator, so evaluating never changes a training run's
+random stream (resume stays exact).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vapo.errors import VapoError
+
+SPLITS = ("heldout", "long")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def eval_problems(task: Any, split: str, n: int, seed: int) -> list[Any]:
+    rng = random.Random(f"vapo-eval-{task.name}-{split}-{seed}")
+    return [task.sample(rng, split) for _ in range(n)]
+
+
+@torch.no_grad()
+def evaluate_split(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    task: Any,
+    split: str,
+    *,
+    prompts: int,
+    samples: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int = 1234,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Sample ``samples`` answers for each of ``prompts`` fixed problems of ``split`` and score them.
+
+    Returns accuracy (avg@samples), accuracy by problem size (the task's length knob), pass@k for
+    k = 1..samples, mean response length and the truncation rate.
+    """
+    from vapo.models import decode_responses, encode_prompts
+    from vapo.rollout import sample
+
+    problems = eval_problems(task, split, prompts, seed)
+    flat = [p for p in problems for _ in range(samples)]
+    gen = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    correct: list[bool] = []
+    lengths: list[int] = []
+    truncated = 0
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        ids, mask = encode_prompts(tokenizer, [p.prompt for p in chunk])
+        ro = sample(
+            policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generator=gen,
+        )
+        texts = decode_responses(tokenizer, ro.response_ids, ro.lengths)
+        for p, t in zip(chunk, texts, strict=True):
+            correct.append(bool(task.score(p, t).correct))
+        lengths.extend(ro.lengths.tolist())
+        truncated += int(ro.truncated.sum())
+    by_size: dict[int, list[bool]] = defaultdict(list)
+    per_prompt = []
+    for i, p in enumerate(problems):
+        c = correct[i * samples : (i + 1) * samples]
+        by_size[p.size].extend(c)
+        per_prompt.append(sum(c))
+    return {
+        "split": split,
+        "accuracy": sum(correct) / len(correct),
+        "by_size": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
+        "count_by_size": {str(s): len(v) for s, v in sorted(by_size.items())},
+        "pass_at_k": {str(k): sum(pass_at_k(samples, c, k) for c in per_prompt) / len(per_prompt) for k in range(1, samples + 1)},
+        "mean_length": sum(lengths) / len(lengths),
+        "truncated_frac": truncated / len(lengths),
+        "prompts": prompts,
+        "samples": samples,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
+
+
+def eval_command(run: Path, *, prompts: int | None, samples: int | None, temperature: float | None, seed: int) -> None:
+    """`vapo eval RUN_OR_CKPT`: print held-out and longer-than-trained accuracy by length bucket and pass@k."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vapo.config import load_config_file
+    from vapo.models import load_policy_and_tokenizer
+    from vapo.tasks import get_task
+    from vapo.train.rundir import latest_checkpoint
+
+    run = Path(run)
+    if not run.exists():
+        raise VapoError(f"{run} does not exist", where="vapo eval", fix="pass a run directory (runs/<name>) or a checkpoint directory")
+    if (run / "policy").is_dir():
+        ckpt, run_dir = run, run.parent.parent
+    else:
+        _, ckpt = latest_checkpoint(run)
+        run_dir = run
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise VapoError(f"no config.yaml in {run_dir}", where="vapo eval", fix="pass a directory made by `vapo train`")
+    cfg = load_config_file(cfg_path)
+    policy, tokenizer = load_policy_and_tokenizer(ckpt / "policy")
+    policy.eval()
+    task = get_task(cfg.task.name, **cfg.task.kwargs)
+    console = Console()
+    e = cfg.eval
+    n, k = prompts or e.prompts, samples or e.samples
+    temp = e.temperature if temperature is None else temperature
+    console.print(f"[bold]{ckpt}[/]  task={cfg.task.name}  prompts={n}  samples={k}  temperature={temp}  top_p={e.top_p}")
+    for split in SPLITS:
+        r = evaluate_split(policy, tokenizer, task, split, prompts=n, samples=k, temperature=temp, top_p=e.top_p,
+                           max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
+        t = Table(title=f"{split}: accuracy {r['accuracy']:.3f}  (mean length {r['mean_length']:.1f}, truncated {r['truncated_frac']:.1%})")
+        t.add_column("size")
+        t.add_column("accuracy", justify="right")
+        t.add_column("n", justify="right")
+        for s, acc in r["by_size"].items():
+            t.add_row(s, f"{acc:.3f}", str(r["count_by_size"][s]))
+        console.print(t)
+        console.print("pass@k: " + "  ".join(f"k={kk}: {v:.3f}" for kk, v in r["pass_at_k"].items()))
