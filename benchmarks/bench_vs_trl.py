@@ -142,7 +142,8 @@ def run_vapo_iteration(trainer: Any) -> dict[str, float]:
     m = trainer.iterate()
     sec = time.perf_counter() - t0
     return {"seconds": sec, "tokens": float(m["tokens"]), "gen_seconds": float(m["time_rollout"]),
-            "accuracy": float(m["accuracy"]), "mean_length": float(m["response_length"])}
+            "accuracy": float(m["accuracy"]), "mean_length": float(m["response_length"]),
+            "phases": {k: float(m[k]) for k in ("time_rollout", "time_annotate", "time_actor", "time_critic") if k in m}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, Any]:
         "gen_seconds": [r["gen_seconds"] for r in rows],
         "accuracy": [r["accuracy"] for r in rows],
         "mean_length": [r["mean_length"] for r in rows],
+        **({"phases": [r["phases"] for r in rows]} if "phases" in rows[0] else {}),
     }
 
 
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.group_size, args.max_new_tokens, args.iterations = 4, 4, 48, 2
+    if min(args.prompts, args.max_new_tokens, args.iterations) < 1:
+        p.error("--prompts, --max-new-tokens and --iterations must be ≥ 1")
     if args.group_size < 2:
         p.error("--group-size must be ≥ 2 (TRL's GRPOTrainer needs at least 2 generations per prompt)")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
