@@ -1,0 +1,142 @@
+"""Generated tokens per second of ``vapo.rollout.sample`` against ``transformers``' ``generate``.
+
+    python benchmarks/bench_rollout.py [--batch 256] [--max-new-tokens 128] [--size tiny]
+                                       [--threads 2] [--prompt-len 12] [--out PATH]
+
+Same randomly initialised policy (``vapo.models.build_policy(size, seed)``), same prompts (random
+``prompt-len``-character strings), same batch, same length limit, ancestral sampling at
+temperature 1 with no top-k/top-p filtering, both under ``torch.inference_mode`` in one process.
+Two variants:
+
+* ``eos``:  generation stops at the end token. A random-init model emits it with probability
+  ~1/vocab per step, so lengths are very heterogeneous. vapo drops finished rows from the batch;
+  ``generate`` keeps every row until the last one ends.
+* ``full``: the end token is never allowed to stop a row (vapo: ``eos_token_id=None``;
+  ``generate``: ``min_new_tokens = max_new_tokens``), so both generate batch × max_new_tokens
+  tokens: a side-by-side of the per-step cost alone.
+
+Tokens counted = response tokens up to and including the first EOS (what training consumes),
+for both engines. Each engine is warmed up once (a short run) before it is timed.
+Writes benchmarks/results/bench_rollout.json and prints a table with the speed ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vapo.models import build_char_tokenizer, build_policy, count_parameters, encode_prompts
+from vapo.models.tokenizer import CHARS
+from vapo.rollout import sample
+
+TARGET = 2.0  # the issue's target: ≥ 2× generate's tokens/s at batch 256 on the tiny model
+
+
+def real_tokens(resp: torch.Tensor, eos: int) -> torch.Tensor:
+    """Per row: tokens up to and including the first EOS (all of them when there is none)."""
+    is_eos = resp == eos
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, resp.shape[1])
+
+
+def run_vapo(model: Any, ids: torch.Tensor, mask: torch.Tensor, T: int, eos: int | None, pad: int,
+             seed: int) -> tuple[float, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    ro = sample(model, ids, mask, max_new_tokens=T, temperature=1.0, top_p=1.0, eos_token_id=eos,
+                pad_token_id=pad, generator=gen)
+    return time.perf_counter() - t0, ro.lengths
+
+
+def run_hf(model: Any, ids: torch.Tensor, mask: torch.Tensor, T: int, eos: int, pad: int, full: bool,
+           seed: int) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(seed)
+    extra = {"min_new_tokens": T} if full else {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
+                             top_k=0, max_new_tokens=T, eos_token_id=eos, pad_token_id=pad, **extra)
+    dt = time.perf_counter() - t0
+    resp = out[:, ids.shape[1]:]
+    if full and resp.shape[1] != T:
+        raise RuntimeError(f"generate stopped at {resp.shape[1]} < {T} tokens in the full-length variant")
+    return dt, real_tokens(resp, eos)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="eos,full", help="comma-separated subset of eos,full")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_rollout.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    tok = build_char_tokenizer()
+    model = build_policy(args.size, tok, seed=args.seed)
+    rng = random.Random(args.seed)
+    texts = ["".join(rng.choice(CHARS[:-1]) for _ in range(args.prompt_len)) for _ in range(args.batch)]
+    ids, mask = encode_prompts(tok, texts)
+    eos, pad, T = tok.eos_token_id, tok.pad_token_id, args.max_new_tokens
+
+    # Warm-up: one short run of each engine (allocator, MKL/oneDNN kernels, generate's setup).
+    run_vapo(model, ids, mask, 8, eos, pad, args.seed)
+    run_hf(model, ids, mask, 8, eos, pad, False, args.seed)
+
+    rows, ratios = [], {}
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        full = variant == "full"
+        res = {}
+        for engine in ("transformers.generate", "vapo.rollout.sample"):
+            if engine == "vapo.rollout.sample":
+                dt, lens = run_vapo(model, ids, mask, T, None if full else eos, pad, args.seed)
+            else:
+                dt, lens = run_hf(model, ids, mask, T, eos, pad, full, args.seed)
+            n = int(lens.sum())
+            res[engine] = n / dt
+            rows.append({"variant": variant, "engine": engine, "seconds": round(dt, 4), "tokens": n,
+                         "tokens_per_s": round(n / dt, 1), "mean_length": round(float(lens.float().mean()), 2),
+                         "truncated_frac": round(float((lens == T).float().mean()), 4)})
+        ratios[variant] = round(res["vapo.rollout.sample"] / res["transformers.generate"], 3)
+
+    result = {
+        "benchmark": "rollout tokens/s: vapo.rollout.sample vs transformers generate",
+        "config": {"batch": args.batch, "max_new_tokens": T, "size": args.size, "params": count_parameters(model),
+                   "prompt_len": args.prompt_len, "seed": args.seed, "temperature": 1.0, "top_p": 1.0},
+        "machine": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
+                    "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_1m": round(os.getloadavg()[0], 2)},
+        "results": rows,
+        "speed_ratio": ratios,
+        "target_ratio": TARGET,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{args.size} policy ({count_parameters(model):,} params), batch {args.batch}, max_new_tokens {T}, "
+          f"{args.threads} threads, load avg {result['machine']['load_average_1m']}")
+    print(f"{'variant':8} {'engine':24} {'seconds':>8} {'tokens':>8} {'tokens/s':>10} {'mean len':>9}")
+    for r in rows:
+        print(f"{r['variant']:8} {r['engine']:24} {r['seconds']:8.2f} {r['tokens']:8d} {r['tokens_per_s']:10.0f} "
+              f"{r['mean_length']:9.1f}")
+    for v, x in ratios.items():
+        print(f"speed ratio ({v}): {x:.2f}x  (target ≥ {TARGET:.0f}x: {'met' if x >= TARGET else 'NOT met'})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
