@@ -1,7 +1,7 @@
 """Generated tokens per second of ``vapo.rollout.sample`` against ``transformers``' ``generate``.
 
     python benchmarks/bench_rollout.py [--batch 256] [--max-new-tokens 128] [--size tiny]
-                                       [--threads 2] [--prompt-len 12] [--out PATH]
+                                       [--threads 2] [--prompt-len 12] [--repeats 1] [--out PATH]
 
 Same randomly initialised policy (``vapo.models.build_policy(size, seed)``), same prompts (random
 ``prompt-len``-character strings), same batch, same length limit, ancestral sampling at
@@ -16,7 +16,9 @@ Two variants:
   tokens: a side-by-side of the per-step cost alone.
 
 Tokens counted = response tokens up to and including the first EOS (what training consumes),
-for both engines. Each engine is warmed up once (a short run) before it is timed.
+for both engines. Each engine is warmed up once (a short run) before it is timed; with
+``--repeats N`` the engines alternate N times and each one's fastest run counts (the runs are
+seeded, so every repeat generates the same tokens).
 Writes benchmarks/results/bench_rollout.json and prints a table with the speed ratios.
 """
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per engine (alternating); the fastest counts")
     ap.add_argument("--variants", default="eos,full", help="comma-separated subset of eos,full")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_rollout.json")
     args = ap.parse_args()
@@ -100,22 +103,30 @@ def main() -> None:
     rows, ratios = [], {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         full = variant == "full"
+        times: dict[str, list[float]] = {"transformers.generate": [], "vapo.rollout.sample": []}
+        lengths: dict[str, torch.Tensor] = {}
+        for _ in range(args.repeats):  # engines alternate, so background load hits both alike
+            for engine in times:
+                if engine == "vapo.rollout.sample":
+                    dt, lens = run_vapo(model, ids, mask, T, None if full else eos, pad, args.seed)
+                else:
+                    dt, lens = run_hf(model, ids, mask, T, eos, pad, full, args.seed)
+                times[engine].append(dt)
+                lengths[engine] = lens  # seeded: identical on every repeat
         res = {}
-        for engine in ("transformers.generate", "vapo.rollout.sample"):
-            if engine == "vapo.rollout.sample":
-                dt, lens = run_vapo(model, ids, mask, T, None if full else eos, pad, args.seed)
-            else:
-                dt, lens = run_hf(model, ids, mask, T, eos, pad, full, args.seed)
+        for engine, ts in times.items():
+            dt, lens = min(ts), lengths[engine]
             n = int(lens.sum())
             res[engine] = n / dt
-            rows.append({"variant": variant, "engine": engine, "seconds": round(dt, 4), "tokens": n,
+            rows.append({"variant": variant, "engine": engine, "seconds": round(dt, 4),
+                         "seconds_all": [round(x, 4) for x in ts], "tokens": n,
                          "tokens_per_s": round(n / dt, 1), "mean_length": round(float(lens.float().mean()), 2),
                          "truncated_frac": round(float((lens == T).float().mean()), 4)})
         ratios[variant] = round(res["vapo.rollout.sample"] / res["transformers.generate"], 3)
 
     result = {
         "benchmark": "rollout tokens/s: vapo.rollout.sample vs transformers generate",
-        "config": {"batch": args.batch, "max_new_tokens": T, "size": args.size, "params": count_parameters(model),
+        "config": {"batch": args.batch, "max_new_tokens": T, "repeats": args.repeats, "size": args.size, "params": count_parameters(model),
                    "prompt_len": args.prompt_len, "seed": args.seed, "temperature": 1.0, "top_p": 1.0},
         "machine": {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
                     "cpus": os.cpu_count(), "platform": platform.platform(),

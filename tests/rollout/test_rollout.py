@@ -186,14 +186,18 @@ def test_logprobs_match_the_contract_forward(qwen):
     assert (lp - ro.logprobs).abs().max() < 1e-4
 
 
-@settings(max_examples=6, deadline=None)
-@given(temperature=st.floats(0.5, 2.0), top_p=st.floats(0.3, 0.95), seed=st.integers(0, 1000),
+@settings(max_examples=10, deadline=None)
+@given(B=st.integers(1, 6), P=st.integers(1, 6), T=st.integers(1, 10), temperature=st.floats(0.5, 2.0),
+       top_p=st.one_of(st.just(1.0), st.floats(0.3, 0.95)), seed=st.integers(0, 1000),
        backend=st.sampled_from(["fast", "hf"]))
-def test_top_p_logprobs_are_those_of_the_sampled_distribution(qwen, temperature, top_p, seed, backend):
-    ids, mask = random_prompts(5, 5, seed=seed)
-    ro = sample(qwen, ids, mask, max_new_tokens=10, temperature=temperature, top_p=top_p, eos_token_id=EOS,
+def test_logprobs_are_those_of_the_sampled_distribution(qwen, B, P, T, temperature, top_p, seed, backend):
+    ids, mask = random_prompts(B, P, seed=seed)
+    # A frequent token as EOS half of the time, so that early ends and compaction are exercised.
+    eos = EOS if seed % 2 else frequent_token(qwen, ids, mask)
+    ro = sample(qwen, ids, mask, max_new_tokens=T, temperature=temperature, top_p=top_p, eos_token_id=eos,
                 pad_token_id=PAD, generator=torch.Generator().manual_seed(seed), backend=backend)
-    check_rollout_invariants(ro, 10, EOS)
+    check_rollout_invariants(ro, T, eos)
+    assert torch.equal(ro.prompt_ids, ids) and torch.equal(ro.prompt_mask, mask)
     logits = hf_logits(qwen, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
     B, T, V = logits.shape
     ref = filtered_logprobs(logits.reshape(B * T, V), temperature, top_p).reshape(B, T, V)
@@ -252,6 +256,8 @@ def test_no_eos_runs_to_max_length(qwen):
     ro = sample(qwen, ids, mask, max_new_tokens=9, eos_token_id=None, pad_token_id=PAD)
     check_rollout_invariants(ro, 9, None)
     assert ro.response_ids.shape == (4, 9)
+    moved = ro.to("cpu")
+    assert all(torch.equal(getattr(moved, f), getattr(ro, f)) for f in ("response_ids", "logprobs", "truncated"))
 
 
 def test_left_padding_does_not_change_the_distribution(qwen):

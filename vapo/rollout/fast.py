@@ -237,7 +237,10 @@ class FastDecoder:
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows ``index`` [b'] (int64, into the current rows) of the cache and state."""
-        self.cache = self.cache.index_select(2, index)
+        filled = self.P + self.t  # columns written so far; the rest of the cache is never read yet
+        cache = self.cache.new_empty((*self.cache.shape[:2], index.shape[0], *self.cache.shape[3:]))
+        cache[..., :filled, :] = self.cache[..., :filled, :].index_select(2, index)
+        self.cache = cache
         self.key_bias = self.key_bias.index_select(0, index)
         self.cos_r = self.cos_r.index_select(0, index)
         self.sin_r = self.sin_r.index_select(0, index)
