@@ -20,6 +20,10 @@ for both engines. Each engine is warmed up once (a short run) before it is timed
 ``--repeats N`` the engines alternate N times and each one's fastest run counts (the runs are
 seeded, so every repeat generates the same tokens).
 Writes benchmarks/results/bench_rollout.json and prints a table with the speed ratios.
+
+On a machine whose cores are busy with other work, use ``--threads 1``: with 2 OpenMP threads
+each small kernel waits at a barrier for a thread that is not scheduled, and both engines slow
+down 5-30x in ways that vary from run to run. The recorded results say which was used.
 """
 
 from __future__ import annotations

@@ -80,7 +80,10 @@ def _cat_bias(*linears: Any) -> torch.Tensor | None:
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as in Qwen2RMSNorm/LlamaRMSNorm: statistics in float32, then cast back, then scale."""
+    """RMSNorm as in Qwen2RMSNorm/LlamaRMSNorm: statistics in float32, then cast back, then scale.
+    (float32: PyTorch's fused kernel, which computes exactly this; other dtypes: step by step.)"""
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), w, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return w * xf.to(x.dtype)
