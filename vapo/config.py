@@ -74,7 +74,7 @@ class CriticConfig(_Section):
     enabled: bool = Field(True, description="train a critic (False for critic-free presets: grpo, dr_grpo, dapo)")
     pretrain_steps: int = Field(50, ge=0, description="max value-pretraining steps before RL (0 = none; VC-PPO §4)")
     pretrain_min_steps: int = Field(5, ge=0, description="value pretraining runs at least this many steps")
-    pretrain_patience: int = Field(5, ge=1, description="stop value pretraining when explained variance has not improved for this many steps")
+    pretrain_patience: int = Field(3, ge=1, description="stop value pretraining when explained variance has not improved for this many steps")
     pretrain_tol: float = Field(0.01, ge=0.0, description="an improvement in explained variance smaller than this does not count")
     value_clip: float | None = Field(None, gt=0.0, description="ε_v of the clipped value loss (null = unclipped)")
     coef: float = Field(1.0, gt=0.0, description="weight of the value loss")
@@ -110,27 +110,27 @@ class AlgoConfig(_Section):
 # Everything else
 # --------------------------------------------------------------------------------------------
 class TaskConfig(_Section):
-    name: str = Field("running_sum", description="task name (built-in: addition, running_sum, ...; 'file' for a jsonl file)")
+    name: str = Field("rewrite_sum", description="task name (built-in: rewrite_sum, running_sum, addition, multiply; 'file' for a jsonl file)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. {path: data.jsonl} for 'file'")
 
 
 class ModelConfig(_Section):
-    size: str = Field("tiny", description="built-in model size (tiny ≈ 1M, small ≈ 6M parameters), used when path is null")
+    size: str = Field("micro", description="built-in model size (micro ≈ 0.2M, tiny ≈ 1M, small ≈ 6M parameters), used when path is null")
     path: str | None = Field(None, description="a Hugging Face causal-LM directory to start from instead of a built-in size")
 
 
 class SFTConfig(_Section):
-    steps: int = Field(300, ge=0, description="supervised warm-start steps on task demonstrations (0 = none)")
-    batch_size: int = Field(64, ge=1, description="SFT batch size")
+    steps: int = Field(1000, ge=0, description="supervised warm-start steps on task demonstrations (0 = none)")
+    batch_size: int = Field(32, ge=1, description="SFT batch size")
     lr: float = Field(3e-3, gt=0.0, description="SFT learning rate (AdamW, cosine decay)")
     warmup_steps: int = Field(20, ge=0, description="SFT warm-up steps")
     cache: bool = Field(True, description="cache the warm-start weights under ~/.cache/vapo keyed by a hash of what determines them")
 
 
 class RolloutConfig(_Section):
-    prompts_per_iter: int = Field(32, ge=1, description="prompts sampled per RL iteration")
+    prompts_per_iter: int = Field(16, ge=1, description="prompts sampled per RL iteration")
     group_size: int = Field(8, ge=1, description="answers sampled per prompt (G, group sampling)")
-    max_new_tokens: int = Field(160, ge=1, description="max response length in tokens (L_max)")
+    max_new_tokens: int = Field(128, ge=1, description="max response length in tokens (L_max)")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature during training")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling p during training")
 
@@ -146,7 +146,7 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
-    iterations: int = Field(40, ge=0, description="RL iterations")
+    iterations: int = Field(30, ge=0, description="RL iterations")
     checkpoint_every: int = Field(10, ge=0, description="save a checkpoint every N iterations (0 = only at the end)")
     eval_every: int = Field(10, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
@@ -155,7 +155,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    prompts: int = Field(128, ge=1, description="prompts per split for evaluation")
+    prompts: int = Field(64, ge=1, description="prompts per split for evaluation")
     samples: int = Field(4, ge=1, description="answers per prompt (avg@k accuracy; pass@k for k ≤ samples)")
     temperature: float = Field(1.0, ge=0.0, description="evaluation temperature (VAPO/DAPO protocol: 1.0; 0 = greedy)")
     top_p: float = Field(0.7, gt=0.0, le=1.0, description="evaluation nucleus p (VAPO/DAPO protocol: 0.7)")

@@ -265,7 +265,10 @@ class Trainer:
         c = self.cfg.algo
         args = [t.to(self.device) for t in (exp.prompt_ids, exp.prompt_mask, exp.response_ids, exp.response_mask)]
         self.policy.eval()
-        exp.old_logprobs, _ = self._chunked(response_logprobs, self.policy, *args)
+        # With one optimizer step per iteration the old policy *is* the current one: the actor
+        # update takes old log-probs from its own forward pass (detached) and this pass is skipped.
+        if not self.single_step or (self.uses_ref and c.kl.in_reward):
+            exp.old_logprobs, _ = self._chunked(response_logprobs, self.policy, *args)
         if self.uses_ref:
             exp.ref_logprobs, _ = self._chunked(response_logprobs, self.ref_policy, *args)
         if self.uses_critic:
@@ -301,6 +304,12 @@ class Trainer:
         return torch.cat(outs).cpu()
 
     # ---------------------------------------------------------------- updates
+    @property
+    def single_step(self) -> bool:
+        """True when each iteration makes exactly one actor step (one epoch, one minibatch)."""
+        o, r = self.cfg.optim, self.cfg.rollout
+        return o.ppo_epochs == 1 and o.minibatch_size >= r.prompts_per_iter * r.group_size
+
     def _minibatches(self, n: int) -> list[torch.Tensor]:
         perm = torch.randperm(n, generator=self.shuffle_gen)
         mb = self.cfg.optim.minibatch_size
@@ -323,8 +332,9 @@ class Trainer:
                     self.policy, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
                     mb.response_ids.to(self.device), mb.response_mask.to(self.device), with_entropy=True,
                 )
+                old = logp.detach() if mb.old_logprobs is None else mb.old_logprobs.to(self.device)
                 loss, st = loss_fn(
-                    logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
+                    logp, old, mb.advantages.to(self.device), mask,
                     eps_low=pl.eps_low, eps_high=pl.eps_high, dual_clip_c=pl.dual_clip_c, agg_mode=pl.agg_mode, norm_len=norm_len,
                 )
                 total = loss
@@ -368,7 +378,7 @@ class Trainer:
                 self.critic_opt.step()
                 self.critic_sched.step()
                 st = {k: float(v) for k, v in st.items()}
-                st.update(value_loss=float(loss), critic_grad_norm=float(gn))
+                st.update(value_loss=loss.item(), critic_grad_norm=float(gn))
                 for k, val in st.items():
                     stats.setdefault(k, []).append(val)
         return {k: sum(v) / len(v) for k, v in stats.items()}
@@ -466,8 +476,6 @@ class Trainer:
         return s
 
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
         final = self.run_dir / "checkpoints" / f"step_{self.iteration}"
         with AtomicDir(final) as tmp:
             self.policy.save_pretrained(tmp / "policy")
@@ -475,22 +483,19 @@ class Trainer:
             if self.uses_critic:
                 self.critic.save_pretrained(tmp / "critic")
             if self.uses_ref:
-                save_file({k: v.contiguous() for k, v in self.ref_policy.state_dict().items()}, str(tmp / "ref_policy.safetensors"))
+                self.ref_policy.save_pretrained(tmp / "ref_policy")
             torch.save(self.state_dict(), tmp / "trainer_state.pt")
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        from vapo.models import Critic, load_policy_and_tokenizer
+        from vapo.models import Critic, load_policy, load_policy_and_tokenizer
 
         self.policy, self.tokenizer = load_policy_and_tokenizer(path / "policy")
         self.policy.to(self.device)
         if self.uses_critic:
             self.critic = Critic.from_pretrained(path / "critic").to(self.device)
         if self.uses_ref:
-            self.ref_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)
-            self.ref_policy.load_state_dict(load_file(str(path / "ref_policy.safetensors")), strict=False)
+            self.ref_policy = load_policy(path / "ref_policy").to(self.device).requires_grad_(False)
         self._make_optimizers()
         s = torch.load(path / "trainer_state.pt", weights_only=False)
         self.iteration = s["iteration"]
