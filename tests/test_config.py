@@ -125,7 +125,7 @@ def test_cli_prints_config_error_without_traceback():
 def test_cli_help_lists_commands():
     r = CliRunner().invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("train", "eval", "theory"):
+    for cmd in ("train", "eval", "theory", "diagnose"):
         assert cmd in r.output
     r = CliRunner().invoke(app, ["train", "--help"])
     assert "optim.actor_lr" in r.output and "algo.advantage.alpha" in r.output

@@ -63,7 +63,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its latest checkpoint")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
-    """Train a policy with RL on a verifiable task (default: VAPO on the built-in task, tiny model, CPU)."""
+    """Train a policy with RL on a verifiable task (default: VAPO on rewrite_sum, micro model, CPU)."""
     from vapo.config import resolve_config
 
     if resume is not None:
@@ -114,6 +114,15 @@ def theory(
     from vapo.theory.cli import theory_command
 
     theory_command(name=name, out=out, seed=seed, quick=quick)
+
+
+def _mount_diagnose() -> None:
+    from vapo.diagnostics.cli import diagnose_command
+
+    app.command("diagnose")(_friendly(diagnose_command))
+
+
+_mount_diagnose()
 
 
 def main() -> None:

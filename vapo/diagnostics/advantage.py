@@ -1,0 +1,122 @@
+"""Section 2 — advantage quality: GAE (by λ) and group-relative advantages vs Monte-Carlo advantages.
+
+Ground truth at a probed token (vapo.diagnostics.mc): Â^MC_k = V̂(s_{t+1}) − V̂(s_t), from two
+independent sets of continuations, so it is unbiased with variance σ̂²_{t+1} + σ̂²_t (0 for the
+exact terminal value). Each estimator's advantage A_k at the same token is compared by
+
+    bias        = mean_k (A_k − Â^MC_k)                           (normal 95% CI)
+    sd          = standard deviation of A_k over probed tokens    (its variance, as the policy sees it)
+    correlation = corr(A_k, Â^MC_k)                               (Fisher-z 95% CI; scale-free)
+    MSE         = mean_k (A_k − Â^MC_k)² − mean_k (σ̂²_{t+1} + σ̂²_t)   (MC noise removed; bootstrap CI)
+
+Estimators: masked GAE (Schulman et al. 2016, eq. 16; vapo.algos.masked_gae) with the run's
+critic for λ ∈ {0, 0.5, 0.9, 0.95, 0.99, 1} and for the length-adaptive λ = 1 − 1/(α·l)
+(VAPO §3, eq. 7; vapo.algos.adaptive_lambda); and the critic-free group estimators GRPO, Dr. GRPO
+and RLOO (vapo.algos registry), whose scale differs from A^π, so only their correlation is
+comparable. "Best λ" per length bucket = the smallest noise-corrected MSE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from vapo.algos.advantages import (
+    AdvantageInput,
+    AdvantageParams,
+    adaptive_lambda,
+    get_advantage_estimator,
+    masked_gae,
+)
+from vapo.algos.shaping import scores_to_token_rewards
+from vapo.diagnostics.common import bootstrap_ci, corr_ci, mean_ci
+
+LAMBDAS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
+GROUP_ESTIMATORS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
+
+
+def _mse(d: np.ndarray, noise: np.ndarray) -> float:
+    return float(np.mean(d**2) - np.mean(noise))
+
+
+def advantage_stats(a: np.ndarray, a_mc: np.ndarray, noise: np.ndarray) -> dict[str, Any]:
+    """Bias, sd, correlation and noise-corrected MSE of advantages a [K] against MC advantages
+    a_mc [K] whose estimator variances are noise [K]."""
+    a, a_mc, noise = (np.asarray(x, dtype=np.float64) for x in (a, a_mc, noise))
+    d = a - a_mc
+    return {
+        "n": len(a),
+        "bias": mean_ci(d),
+        "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
+        "correlation": corr_ci(a, a_mc),
+        "mse": bootstrap_ci(_mse, d, noise),
+    }
+
+
+def estimator_advantages(batch: Any, values: torch.Tensor | None, *, gamma: float, alpha: float,
+                         eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Every compared estimator's advantages [B, T] float64 on ``batch`` (0 at masked positions).
+
+    Args: batch: a :class:`vapo.diagnostics.common.Batch`; values [B, T] the critic's V(s_t)
+        (None in a critic-free run: only the group estimators are computed); gamma: the run's γ;
+        alpha: the run's α of the adaptive λ.
+    Keys: "λ=0", ..., "λ=1", "adaptive" (when values is given), "grpo", "dr_grpo", "rloo".
+    """
+    mask = batch.response_mask.double()
+    rewards = scores_to_token_rewards(batch.scores.double(), mask)  # score on the last real token
+    out: dict[str, torch.Tensor] = {}
+    if values is not None:
+        v = values.double() * mask
+        for lam in LAMBDAS:
+            out[f"λ={lam:g}"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam)
+        lam_ad = adaptive_lambda(batch.lengths.double(), alpha)
+        out["adaptive"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam_ad)
+    inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=None, scores=batch.scores.double(),
+                         group_index=batch.group_index)
+    for name in GROUP_ESTIMATORS:
+        out[name] = get_advantage_estimator(name)(inp, AdvantageParams(gamma=gamma, eps=eps)).advantages.double()
+    return out
+
+
+def advantage_report(advs: dict[str, torch.Tensor], rows: np.ndarray, ts: np.ndarray, a_mc: np.ndarray,
+                     noise: np.ndarray, bucket: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Per estimator × (all, each length bucket): :func:`advantage_stats`; and the best λ per bucket.
+
+    Args: advs from :func:`estimator_advantages`; rows, ts [K] the probed tokens; a_mc, noise [K];
+        bucket [K] int index into labels.
+    """
+    r_t, t_t = torch.from_numpy(rows), torch.from_numpy(ts)
+    table: dict[str, Any] = {}
+    for name, a in advs.items():
+        ak = a[r_t, t_t].numpy()
+        entry = {"all": advantage_stats(ak, a_mc, noise)}
+        for j, lab in enumerate(labels):
+            s = bucket == j
+            if s.any():
+                entry[lab] = advantage_stats(ak[s], a_mc[s], noise[s])
+        table[name] = entry
+    gae_names = [n for n in advs if n.startswith("λ=") or n == "adaptive"]
+    best: dict[str, Any] = {}
+    for key in ["all", *labels]:
+        cands = [(n, table[n][key]["mse"]["value"]) for n in gae_names if key in table[n]]
+        cands = [(n, m) for n, m in cands if np.isfinite(m)]
+        if cands:
+            n, m = min(cands, key=lambda c: c[1])
+            best[key] = {"estimator": n, "mse": m}
+    return {"estimators": table, "best_lambda": best, "mc_advantage_sd": float(np.std(a_mc, ddof=1)) if len(a_mc) > 1 else float("nan")}
+
+
+def finding(report: dict[str, Any], has_critic: bool) -> str:
+    """One line: which λ is best for which length bucket, or how group advantages correlate."""
+    est = report["estimators"]
+    if not has_critic:
+        parts = [f"{n} corr {est[n]['all']['correlation']['value']:+.2f}" for n in GROUP_ESTIMATORS if n in est]
+        return "no critic in this run; vs MC advantages: " + ", ".join(parts)
+    best = report["best_lambda"]
+    per = [f"{k}: {v['estimator']}" for k, v in best.items() if k != "all"]
+    ad = est.get("adaptive", {}).get("all", {})
+    ad_txt = f"; adaptive λ corr {ad['correlation']['value']:+.2f}" if ad else ""
+    overall = best.get("all", {}).get("estimator", "n/a")
+    return f"lowest-MSE λ overall {overall}; by length {', '.join(per) or 'n/a'}{ad_txt}"
