@@ -136,8 +136,8 @@ class RolloutConfig(_Section):
 
 
 class OptimConfig(_Section):
-    actor_lr: float = Field(2e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B)")
-    critic_lr: float = Field(5e-4, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
+    actor_lr: float = Field(1e-5, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; larger rates wreck the warm start, see docs)")
+    critic_lr: float = Field(1e-4, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
     warmup_steps: int = Field(5, ge=0, description="lr warm-up in optimizer steps")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
