@@ -50,6 +50,16 @@ def test_every_preset_runs_through_the_same_loop(tmp_path, preset):
     assert [s for s, _ in checkpoint_dirs(run)] == [0, 1]
 
 
+def test_diagnose_every_logs_diagnostics_into_metrics(tmp_path):
+    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=0", "diagnose_every=2")
+    start_run(cfg, name="d", progress=False)
+    m = read_jsonl(tmp_path / "runs" / "d" / "metrics.jsonl")
+    assert not any(k.startswith("diag/") for k in m[0])  # iteration 1: not a multiple of 2
+    diag = {k: v for k, v in m[1].items() if k.startswith("diag/")}
+    assert {"diag/critic_bias", "diag/critic_rmse", "diag/zero_signal_frac", "diag/seconds"} <= set(diag)
+    assert sum(v for k, v in diag.items() if k.startswith("diag/weight_share_")) == pytest.approx(1.0)
+
+
 def test_resume_gives_the_same_next_iteration(tmp_path):
     cfg = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2")
     start_run(cfg, name="full", progress=False)

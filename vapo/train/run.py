@@ -51,6 +51,10 @@ def _loop(trainer: Trainer, ui: Any, flag: Any) -> bool:
             ui.log(f"[yellow]interrupted: saved {path}; continue with `vapo train --resume {trainer.run_dir}`")
             return False
         m = trainer.iterate()
+        if cfg.diagnose_every and trainer.iteration % cfg.diagnose_every == 0:
+            from vapo.diagnostics.hook import during_training
+
+            m.update(during_training(trainer, trainer.last_experience))
         append_jsonl(trainer.run_dir / "metrics.jsonl", m)
         ui.update(task_id, advance=1, info="  ".join(f.format(m[k]) for k, f in _LIVE if k in m))
         it = trainer.iteration
