@@ -25,11 +25,25 @@ app = typer.Typer(
 )
 
 
+def _quiet_libraries() -> None:
+    """The CLI draws its own progress bars: silence Hugging Face's per-save/load bars."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers.utils.logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Print VapoErrors for people (no traceback) and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except VapoError as e:

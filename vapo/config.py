@@ -120,15 +120,16 @@ class ModelConfig(_Section):
 
 
 class SFTConfig(_Section):
-    steps: int = Field(1000, ge=0, description="supervised warm-start steps on task demonstrations (0 = none)")
+    steps: int = Field(800, ge=0, description="supervised warm-start steps on task demonstrations (0 = none)")
     batch_size: int = Field(32, ge=1, description="SFT batch size")
     lr: float = Field(3e-3, gt=0.0, description="SFT learning rate (AdamW, cosine decay)")
     warmup_steps: int = Field(20, ge=0, description="SFT warm-up steps")
+    teacher_slip: float = Field(0.2, ge=0.0, lt=1.0, description="per-step probability that a demonstration slips (tasks with a slip model, e.g. rewrite_sum): the warm start imitates a sloppy teacher and RL must learn to be more careful than it")
     cache: bool = Field(True, description="cache the warm-start weights under ~/.cache/vapo keyed by a hash of what determines them")
 
 
 class RolloutConfig(_Section):
-    prompts_per_iter: int = Field(16, ge=1, description="prompts sampled per RL iteration")
+    prompts_per_iter: int = Field(32, ge=1, description="prompts sampled per RL iteration")
     group_size: int = Field(8, ge=1, description="answers sampled per prompt (G, group sampling)")
     max_new_tokens: int = Field(128, ge=1, description="max response length in tokens (L_max)")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature during training")
@@ -136,29 +137,29 @@ class RolloutConfig(_Section):
 
 
 class OptimConfig(_Section):
-    actor_lr: float = Field(1e-5, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; larger rates wreck the warm start, see docs)")
-    critic_lr: float = Field(1e-4, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
+    actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; 2e-4 and up made the micro model worse, see docs/training.md)")
+    critic_lr: float = Field(1e-3, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
     warmup_steps: int = Field(5, ge=0, description="lr warm-up in optimizer steps")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
     ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
-    minibatch_size: int = Field(128, ge=1, description="responses per optimizer step")
+    minibatch_size: int = Field(256, ge=1, description="responses per optimizer step")
 
 
 class TrainConfig(_Section):
-    iterations: int = Field(30, ge=0, description="RL iterations")
-    checkpoint_every: int = Field(10, ge=0, description="save a checkpoint every N iterations (0 = only at the end)")
-    eval_every: int = Field(10, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
+    iterations: int = Field(400, ge=0, description="RL iterations")
+    checkpoint_every: int = Field(100, ge=0, description="save a checkpoint every N iterations (0 = only at the end)")
+    eval_every: int = Field(100, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     device: str = Field("auto", description="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
 class EvalConfig(_Section):
-    prompts: int = Field(64, ge=1, description="prompts per split for evaluation")
+    prompts: int = Field(128, ge=1, description="prompts per split for evaluation")
     samples: int = Field(4, ge=1, description="answers per prompt (avg@k accuracy; pass@k for k ≤ samples)")
     temperature: float = Field(1.0, ge=0.0, description="evaluation temperature (VAPO/DAPO protocol: 1.0; 0 = greedy)")
-    top_p: float = Field(0.7, gt=0.0, le=1.0, description="evaluation nucleus p (VAPO/DAPO protocol: 0.7)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="evaluation nucleus p (1.0: the distribution RL trains; the VAPO/DAPO protocol uses 0.7, which all but removes sampling slips)")
 
 
 class Config(_Section):

@@ -194,3 +194,55 @@ def test_user_task_in_a_few_lines():
             t.sample(random.Random(0), "test")
     finally:
         TASKS.pop("test_copy_digits")
+
+
+# ---------------------------------------------------------------------------------- sloppy teacher
+def _rewrite_lines_consistent(prompt_terms: list[int], text: str) -> tuple[bool, list[int]]:
+    """Check a rewrite chain's format and return each step's deviation from the true partial sum:
+    line j must be  v_j <tail of the prompt from term j+1>  with 0 <= v_j <= 9."""
+    lines = text.split("\n")
+    assert lines[-1].startswith("#### ")
+    values = []
+    for j, line in enumerate(lines[:-1], start=1):
+        tail = "".join(f"{t:+d}" for t in prompt_terms[j + 1 :])
+        assert line.endswith(tail) and line[: len(line) - len(tail)].isdigit(), (line, tail)
+        values.append(int(line[: len(line) - len(tail)]))
+    values.append(int(lines[-1][5:]))
+    return all(0 <= v <= 9 for v in values), values
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), slip=st.sampled_from([0.0, 0.2, 0.5, 0.9]))
+def test_sloppy_teacher_keeps_the_format_and_slips_by_one(seed, slip):
+    """rewrite_sum's slip model: same format as the true solution, every value in 0..9, each step
+    off by at most one from (previous written value + term), and slip 0 gives the true solution."""
+    task = get_task("rewrite_sum")
+    rng = random.Random(seed)
+    p = task.sample(rng, "train")
+    text = task.slipped_solution(p, rng, slip)
+    if slip == 0.0:
+        assert text == p.solution
+    terms = p.meta["terms"]
+    ok, values = _rewrite_lines_consistent(terms, text)
+    assert ok
+    prev = terms[0]
+    for j, v in enumerate(values, start=1):
+        assert abs(v - (prev + terms[j])) <= 1
+        prev = v
+    assert task.score(p, text).correct == (values[-1] == sum(terms))
+
+
+def test_sloppy_teacher_slips_at_the_requested_rate():
+    task = get_task("rewrite_sum")
+    rng = random.Random(0)
+    steps = slips = 0
+    for _ in range(3000):
+        p = task.sample(rng, "train")
+        _, values = _rewrite_lines_consistent(p.meta["terms"], task.slipped_solution(p, rng, 0.2))
+        prev = p.meta["terms"][0]
+        for j, v in enumerate(values, start=1):
+            steps += 1
+            slips += v != prev + p.meta["terms"][j]
+            prev = v
+    # Slips that would leave 0..9 later are skipped, so the rate is a little under 0.2.
+    assert 0.15 < slips / steps <= 0.2, slips / steps

@@ -7,6 +7,7 @@ for the measured warm-start accuracy of the default run).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -46,6 +47,14 @@ def demo_batch(tokenizer: Any, problems: list[Any]) -> tuple[torch.Tensor, torch
     return ids, attn, loss_mask
 
 
+def demonstration(task: Any, problem: Any, rng: random.Random, slip: float) -> str:
+    """The teacher's response to ``problem``: the worked solution, with slips (probability ``slip``
+    per step) when the task has a slip model (``slipped_solution``)."""
+    if slip > 0 and hasattr(task, "slipped_solution"):
+        return task.slipped_solution(problem, rng, slip)
+    return problem.solution
+
+
 def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = None, stop: Any = None) -> list[float]:
     """Train ``policy`` in place on demonstrations; returns the loss per step."""
     s = cfg.sft
@@ -61,12 +70,17 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     task_id = ui.add_task("SFT warm start", total=s.steps) if ui is not None else None
+    slips = s.teacher_slip > 0 and hasattr(task, "slipped_solution")
+    if s.teacher_slip > 0 and not slips and ui is not None:
+        ui.log(f"note: task {task.name!r} has no slip model (slipped_solution): sft.teacher_slip is ignored")
     losses = []
     policy.train()
     for _ in range(s.steps):
         if stop is not None and stop.requested:
             raise KeyboardInterrupt
         problems = [task.sample(rng, "train") for _ in range(s.batch_size)]
+        if slips:
+            problems = [dataclasses.replace(p, solution=demonstration(task, p, rng, s.teacher_slip)) for p in problems]
         ids, attn, lmask = demo_batch(tokenizer, problems)
         ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
         logits = policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
