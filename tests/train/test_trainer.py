@@ -7,6 +7,7 @@ import torch
 
 from vapo.config import resolve_config
 from vapo.errors import VapoError
+from vapo.tasks import ProceduralTask, register_task
 from vapo.train import resume_run, start_run
 from vapo.train.rundir import AtomicDir, checkpoint_dirs, new_run_dir, read_jsonl
 
@@ -76,21 +77,99 @@ def test_resume_gives_the_same_next_iteration(tmp_path):
     assert resumed[2] == full[2]
 
 
-@pytest.mark.slow
-def test_reward_improves_on_an_easy_task(tmp_path):
-    """Fails if learning is broken: RL from a weak warm start must raise training reward.
+@pytest.mark.parametrize("single", [True, False])
+def test_resume_is_exact_with_one_or_several_steps_per_iteration(tmp_path, single):
+    """Resume also reproduces the single-step path (fused critic forward, no old-log-prob pass)."""
+    mb = "optim.minibatch_size=64" if single else "optim.minibatch_size=8"
+    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=1", mb)
+    start_run(cfg, name="full", progress=False)
+    full = _strip(read_jsonl(tmp_path / "runs" / "full" / "metrics.jsonl"))
+    cut = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iterations": 1})})
+    start_run(cut, name="cut", progress=False)
+    run = tmp_path / "runs" / "cut"
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    (run / "summary.json").unlink()
+    resume_run(run, progress=False)
+    assert _strip(read_jsonl(run / "metrics.jsonl"))[1] == full[1]
 
-    Marked slow: at this micro budget it does not yet pass (reward 0.06 -> 0.09 measured), see
-    the trainer issue's notes; run with `bin/test -m slow`.
+
+def test_fused_critic_step_equals_a_fresh_forward(tmp_path):
+    """With one critic step per iteration, update_critic backpropagates through the values that
+    annotate() computed; the step must equal the one from a separate forward pass."""
+    from vapo.train.trainer import NullUI, Trainer
+
+    cfg = micro(tmp_path, "vapo", "optim.minibatch_size=64", "sft.cache=true")
+    fused, plain = Trainer(cfg, tmp_path / "a"), Trainer(cfg, tmp_path / "b")
+    for t in (fused, plain):
+        t.run_dir.mkdir()
+        t.build(NullUI())
+        torch.nn.init.normal_(t.critic.value_head.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+    assert fused.single_step
+    exp = fused.collect()[0]
+    exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()  # a 30-step warm start is rarely right
+    import copy
+
+    exp2 = copy.deepcopy(exp)
+    before = [p.detach().clone() for p in fused.critic.parameters()]
+    st_f = fused.update_critic(fused.annotate(exp))
+    plain.annotate(exp2)
+    plain._critic_values = None  # force the separate forward pass
+    st_p = plain.update_critic(exp2)
+    assert st_f["value_loss"] == pytest.approx(st_p["value_loss"], rel=1e-5)
+    for a, b in zip(fused.critic.parameters(), plain.critic.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(fused.critic.parameters(), before, strict=True))  # it stepped
+
+
+class _Seven(ProceduralTask):
+    """The easiest possible task, written as a user would (see vapo.tasks): whatever the digits,
+    the answer is 7 ("4817=" -> "#### 7"). Its sloppy teacher answers a random other digit half of
+    the time, so the warm start is right about half of the time and RL has one decision to fix."""
+
+    name = "test_seven"
+    train_sizes, long_sizes = (2, 4), (5, 5)
+
+    def generate(self, rng, size):
+        return "".join(rng.choice("0123456789") for _ in range(size)) + "=", "7", "#### 7", {}
+
+    def slipped_solution(self, problem, rng, slip):
+        return "#### " + rng.choice("01234568") if rng.random() < slip else problem.solution
+
+
+register_task("test_seven")(_Seven)
+
+
+def test_reward_improves_on_an_easy_task(tmp_path, monkeypatch):
+    """Fails if learning is broken: RL must make the warm start better than its sloppy teacher.
+
+    The warm start imitates a teacher that gives the right answer only half of the time; accuracy on fixed training prompts (same prompts and sampling seed before and after, 512
+    answers) must rise by 15 points in 30 iterations of the default preset.
     """
-    cfg = micro(tmp_path, "vapo", "train.iterations=12", "train.checkpoint_every=0", "rollout.prompts_per_iter=16",
-                "optim.minibatch_size=64", "task.kwargs.train_sizes=[2,3]", "task.kwargs.long_sizes=[4,4]",
-                "sft.steps=150", "rollout.max_new_tokens=24", "optim.actor_lr=1e-3", "optim.critic_lr=2e-3")
+    from vapo.train.evaluate import evaluate_split
+
+    cfg = micro(tmp_path, "vapo", "task.name=test_seven", "train.iterations=30",
+                "train.checkpoint_every=0", "rollout.prompts_per_iter=32", "rollout.group_size=8", "optim.minibatch_size=256",
+                "sft.steps=150", "sft.teacher_slip=0.5",
+                "rollout.max_new_tokens=8", "optim.actor_lr=3e-4")
+    box = {}
+
+    def acc(trainer):
+        return evaluate_split(trainer.policy, trainer.tokenizer, trainer.task, "train", prompts=128, samples=4,
+                              temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)["accuracy"]
+
+    import vapo.train.run as run_mod
+
+    real_loop = run_mod._loop
+
+    def loop(trainer, ui, flag):
+        box["before"] = acc(trainer)
+        done = real_loop(trainer, ui, flag)
+        box["after"] = acc(trainer)
+        return done
+
+    monkeypatch.setattr(run_mod, "_loop", loop)
     start_run(cfg, name="learn", progress=False)
-    m = read_jsonl(tmp_path / "runs" / "learn" / "metrics.jsonl")
-    first = sum(r["reward"] for r in m[:3]) / 3
-    last = sum(r["reward"] for r in m[-3:]) / 3
-    assert last > first + 0.1, (first, last)
+    assert box["after"] > box["before"] + 0.15, box
 
 
 def test_new_run_never_overwrites(tmp_path):

@@ -14,7 +14,6 @@ its own stop rule (explained variance has plateaued).
 from __future__ import annotations
 
 import copy
-import math
 import random
 import signal
 import time
@@ -170,6 +169,7 @@ class Trainer:
         self.tokenizer: Any = None
         self.actor_opt: torch.optim.Optimizer | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
+        self._critic_values: torch.Tensor | None = None  # annotate → update_critic (single step only)
 
     # ---------------------------------------------------------------- set-up
     @property
@@ -196,10 +196,11 @@ class Trainer:
 
     def _make_optimizers(self) -> None:
         o = self.cfg.optim
-        self.actor_opt = torch.optim.AdamW(self.policy.parameters(), lr=o.actor_lr, weight_decay=o.weight_decay)
+        betas = (o.beta1, o.beta2)
+        self.actor_opt = torch.optim.AdamW(self.policy.parameters(), lr=o.actor_lr, betas=betas, weight_decay=o.weight_decay)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, _warmup_constant(o.warmup_steps))
         if self.uses_critic:
-            self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr, weight_decay=o.weight_decay)
+            self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr, betas=betas, weight_decay=o.weight_decay)
             self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, _warmup_constant(o.warmup_steps))
 
     # ---------------------------------------------------------------- rollout and scoring
@@ -257,9 +258,12 @@ class Trainer:
             kept = [exp]
         return Experience.concat(kept, self.tokenizer.pad_token_id), {"gen_rounds": rounds, "zero_signal_frac": dropped / seen}
 
-    @torch.no_grad()
     def annotate(self, exp: Experience) -> Experience:
         """Old log-probs, reference log-probs, critic values, token rewards, advantages, returns."""
+        with torch.no_grad():
+            return self._annotate(exp)
+
+    def _annotate(self, exp: Experience) -> Experience:
         from vapo.models import response_logprobs, response_values
 
         c = self.cfg.algo
@@ -271,7 +275,15 @@ class Trainer:
             exp.old_logprobs, _ = self._chunked(response_logprobs, self.policy, *args)
         if self.uses_ref:
             exp.ref_logprobs, _ = self._chunked(response_logprobs, self.ref_policy, *args)
-        if self.uses_critic:
+        if self.uses_critic and self.single_step:
+            # Likewise for the critic: its one update step would recompute exactly these values, so
+            # they are computed once, with the graph kept, and update_critic backpropagates through
+            # them (one critic forward per iteration instead of two).
+            self.critic.train()
+            with torch.enable_grad():
+                self._critic_values = response_values(self.critic, *args)
+            exp.values = self._critic_values.detach().cpu()
+        elif self.uses_critic:
             self.critic.eval()
             exp.values = self._chunked(response_values, self.critic, *args)
         mask = exp.response_mask
@@ -365,12 +377,16 @@ class Trainer:
         c, o = self.cfg.algo, self.cfg.optim
         stats: dict[str, list[float]] = {}
         self.critic.train()
+        fused, self._critic_values = self._critic_values, None
         for _ in range(o.ppo_epochs):
-            for idx in self._minibatches(len(exp.lengths)):
-                mb = exp.select(idx)
+            for idx in [None] if fused is not None else self._minibatches(len(exp.lengths)):
+                mb = exp if idx is None else exp.select(idx)
                 mask = mb.response_mask.to(self.device)
-                v = response_values(self.critic, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
-                                    mb.response_ids.to(self.device), mask)
+                if fused is not None:  # the values annotate() computed, graph attached (single step)
+                    v = fused
+                else:
+                    v = response_values(self.critic, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
+                                        mb.response_ids.to(self.device), mask)
                 loss, st = value_loss(v, mb.values.to(self.device), mb.returns.to(self.device), mask, clip_eps=c.critic.value_clip)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (c.critic.coef * loss).backward()
@@ -386,12 +402,12 @@ class Trainer:
     # ---------------------------------------------------------------- value pretraining
     def pretrain_value(self, ui: Any, flag: _StopFlag) -> list[dict[str, float]]:
         """Train the critic on Monte-Carlo returns (λ = 1) of the frozen warm-start policy until
-        explained variance stops improving (VC-PPO §4; VAPO §3 'value pretraining')."""
+        the value loss stops improving (VC-PPO §4; VAPO §3 'value pretraining')."""
         cc = self.cfg.algo.critic
         history: list[dict[str, float]] = []
         if not self.uses_critic or cc.pretrain_steps == 0:
             return history
-        best, since = -math.inf, 0
+        losses: list[float] = []
         task_id = ui.add_task("value pretraining", total=cc.pretrain_steps)
         for step in range(cc.pretrain_steps):
             if flag.requested:
@@ -410,12 +426,15 @@ class Trainer:
             history.append(rec)
             append_jsonl(self.run_dir / "events.jsonl", rec)
             ui.update(task_id, advance=1, info=f"EV {ev:+.3f}  value loss {st['value_loss']:.4f}")
-            if ev > best + cc.pretrain_tol:
-                best, since = ev, 0
-            else:
-                since += 1
-            if step + 1 >= cc.pretrain_min_steps and since >= cc.pretrain_patience:
-                break
+            # Stop rule: the value loss has plateaued. Explained variance against 0/1 returns is too
+            # noisy to stop on (it stays far below 1 even for the true value function), so the rule
+            # compares the mean loss of the last w steps with the w steps before.
+            losses.append(st["value_loss"])
+            w = cc.pretrain_patience
+            if step + 1 >= max(cc.pretrain_min_steps, 2 * w):
+                recent, before = sum(losses[-w:]) / w, sum(losses[-2 * w : -w]) / w
+                if recent > (1.0 - cc.pretrain_tol) * before:
+                    break
         ui.update(task_id, total=len(history), completed=len(history))
         return history
 
@@ -426,9 +445,11 @@ class Trainer:
         t1 = time.perf_counter()
         exp = self.annotate(exp)
         t2 = time.perf_counter()
-        actor = self.update_actor(exp)
-        t3 = time.perf_counter()
+        # The critic first: its update does not change this iteration's advantages, and in the
+        # single-step case it frees the graph that annotate() kept before the actor builds its own.
         critic = self.update_critic(exp) if self.uses_critic else {}
+        t3 = time.perf_counter()
+        actor = self.update_actor(exp)
         t4 = time.perf_counter()
         self.iteration += 1
         mask = exp.response_mask
@@ -455,7 +476,7 @@ class Trainer:
 
             m["lambda_actor_mean"] = float(adaptive_lambda(exp.lengths.float(), self.cfg.algo.advantage.alpha).mean())
         m.update(tokens=n_tokens, tokens_per_s=n_tokens / max(t1 - t0, 1e-9), time_rollout=t1 - t0, time_annotate=t2 - t1,
-                 time_actor=t3 - t2, time_critic=t4 - t3, time_iter=t4 - t0)
+                 time_actor=t4 - t3, time_critic=t3 - t2, time_iter=t4 - t0)
         self.last_experience = exp
         return m
 
