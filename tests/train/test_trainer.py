@@ -1,6 +1,7 @@
 """End-to-end trainer tests on a micro config (seconds, CPU)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -205,3 +206,41 @@ def test_resume_rejects_other_options(tmp_path):
     r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--seed", "3"])
     assert r.exit_code == 2 and "cannot change it" in r.output
     assert torch.get_num_threads() >= 1
+
+
+def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
+    """SIGINT during RL: the CLI finishes the iteration, checkpoints, exits 0; --resume completes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    env = {**os.environ, "VAPO_CACHE_DIR": str(tmp_path / "cache")}
+    args = [f"train.runs_dir={runs}", "train.threads=1", "model.size=micro", "sft.steps=20", "sft.cache=false",
+            "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatch_size=16",
+            "algo.critic.pretrain_steps=1", "algo.critic.pretrain_min_steps=1", "eval.prompts=4", "eval.samples=1",
+            "train.eval_every=0", "train.checkpoint_every=0", "train.iterations=10000"]
+    cmd = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--name", "int"]
+    for a in args:
+        cmd += ["--set", a]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = runs / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.is_file() or len(read_jsonl(metrics)) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "interrupted" in out
+    done = len(read_jsonl(metrics))
+    assert [s for s, _ in checkpoint_dirs(runs / "int")][-1] == done
+    events = [e["phase"] for e in read_jsonl(runs / "int" / "events.jsonl")]
+    assert "interrupted" in events
+    # Continue to a few more iterations than were done: edit the target, then resume.
+    cfg_path = runs / "int" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("iterations: 10000", f"iterations: {done + 2}"))
+    res = subprocess.run([sys.executable, "-c", "from vapo.cli import main; main()", "train", "--resume", str(runs / "int")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert [r["iteration"] for r in read_jsonl(metrics)] == list(range(1, done + 3))
