@@ -137,7 +137,7 @@ class RolloutConfig(_Section):
 
 
 class OptimConfig(_Section):
-    actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; 2e-4 and up made the micro model worse, see docs/training.md)")
+    actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; on the micro model 3e-4 stalled and 1e-3 collapsed, see docs/training.md)")
     critic_lr: float = Field(1e-3, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
     warmup_steps: int = Field(5, ge=0, description="lr warm-up in optimizer steps")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")

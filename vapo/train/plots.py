@@ -25,6 +25,9 @@ def make_plots(run_dir: Path) -> list[Path]:
         panels = [("accuracy", "train accuracy"), ("reward", "reward"), ("entropy", "entropy"),
                   ("explained_variance", "critic explained variance"), ("response_length", "response length"),
                   ("approx_kl", "approx KL")]
+        if all(abs(m.get("approx_kl") or 0.0) == 0.0 for m in metrics):
+            # One optimizer step per iteration: the ratio is 1, KL and clipfrac are 0 by construction.
+            panels[-1] = ("actor_grad_norm", "actor grad norm (approx KL ≡ 0: one step per iteration)")
         fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
         for ax, (key, title) in zip(axes.flat, panels, strict=True):
             ys = [m.get(key) for m in metrics]
