@@ -146,6 +146,7 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
     ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
     minibatch_size: int = Field(256, ge=1, description="responses per optimizer step")
+    micro_batch_tokens: int = Field(8192, ge=1, description="max padded tokens (rows × (prompt + answer)) per forward pass: a minibatch's gradient is accumulated over length-sorted micro-batches of this size, which bounds memory and skips the padding of short answers (raise it on a GPU)")
 
 
 class TrainConfig(_Section):

@@ -5,6 +5,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vapo.config import resolve_config
 from vapo.errors import VapoError
@@ -244,3 +246,97 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert [r["iteration"] for r in read_jsonl(metrics)] == list(range(1, done + 3))
+
+
+def _one_batch_trainer(tmp_path, preset, *extra):
+    """A built trainer (cached 30-step warm start) and one annotated batch with mixed rewards."""
+    from vapo.train.trainer import NullUI, Trainer
+
+    cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatch_size=64", "rollout.max_new_tokens=40", *extra)
+    run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+    run.mkdir()
+    t = Trainer(cfg, run)
+    t.build(NullUI())
+    if t.uses_critic:
+        torch.nn.init.normal_(t.critic.value_head.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+    return t
+
+
+def _grads_of_one_step(trainer, exp, which):
+    """Run update_actor / update_critic on ``exp`` but capture the gradient instead of stepping."""
+    model = trainer.policy if which == "actor" else trainer.critic
+    opt = trainer.actor_opt if which == "actor" else trainer.critic_opt
+    box = {}
+    opt.step = lambda *a, **k: box.setdefault("g", [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                                                     for p in model.parameters()])
+    stats = trainer.update_actor(exp) if which == "actor" else trainer.update_critic(exp)
+    return box["g"], stats
+
+
+@pytest.mark.parametrize("preset,agg", [("vapo", "token-mean"), ("grpo", "seq-mean-token-mean"),
+                                        ("dr_grpo", "seq-mean-token-sum-norm"), ("vapo", "seq-mean-token-mean")])
+def test_micro_batched_step_equals_one_pass(tmp_path, preset, agg):
+    """Accumulating over length-sorted micro-batches gives the gradient and loss terms of one pass
+    over the whole minibatch, for every aggregation mode, with NLL (vapo) and KL (grpo) terms."""
+    import copy
+
+    t = _one_batch_trainer(tmp_path, preset, f"algo.policy_loss.agg_mode={agg}")
+    exp = t.collect()[0]
+    exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
+    exp.correct = exp.scores.bool()
+    t._critic_values = None
+    exp = t.annotate(exp)
+    t._critic_values = None
+    results = {}
+    for budget in (10**9, 64):  # one micro-batch vs. many
+        tt = copy.deepcopy(t)
+        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget})})
+        n_micro = len(tt._micro_batches(exp))
+        results[budget] = (n_micro, *_grads_of_one_step(tt, copy.deepcopy(exp), "actor"))
+    (n1, g1, s1), (n2, g2, s2) = results[10**9], results[64]
+    assert n1 == 1 and n2 > 3
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    for k in ("policy_loss", "entropy", "nll_loss", "kl", "clipfrac_low", "approx_kl"):
+        if k in s1:
+            assert s2[k] == pytest.approx(s1[k], rel=1e-4, abs=1e-7), k
+
+
+def test_micro_batched_critic_step_equals_one_pass(tmp_path):
+    import copy
+
+    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatch_size=16")  # several minibatches: no fused path
+    exp = t.collect()[0]
+    exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
+    exp = t.annotate(exp)
+    out = []
+    for budget in (10**9, 64):
+        tt = copy.deepcopy(t)
+        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget, "minibatch_size": 64})})
+        out.append(_grads_of_one_step(tt, copy.deepcopy(exp), "critic"))
+    for a, b in zip(out[0][0], out[1][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert out[1][1]["value_loss"] == pytest.approx(out[0][1]["value_loss"], rel=1e-5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(plens=st.lists(st.integers(1, 12), min_size=1, max_size=40), data=st.data(), budget=st.integers(1, 200))
+def test_micro_batches_partition_rows_within_budget(plens, data, budget):
+    from vapo.train.trainer import Experience, Trainer
+
+    n = len(plens)
+    lens = data.draw(st.lists(st.integers(1, 30), min_size=n, max_size=n))
+    P, T = max(plens), max(lens)
+    pm = torch.tensor([[0] * (P - p) + [1] * p for p in plens])
+    rm = torch.tensor([[1] * r + [0] * (T - r) for r in lens]).float()
+    z = torch.zeros(n)
+    exp = Experience(prompt_ids=pm.clone(), prompt_mask=pm, response_ids=rm.long(), response_mask=rm,
+                     lengths=torch.tensor(lens), truncated=z.bool(), scores=z, correct=z.bool(), sizes=z.long(),
+                     group_index=torch.arange(n))
+    fake = type("T", (), {"cfg": resolve_config("vapo", overrides=[f"optim.micro_batch_tokens={budget}"])})()
+    groups = Trainer._micro_batches(fake, exp)
+    assert sorted(torch.cat(groups).tolist()) == list(range(n))
+    for g in groups:
+        u = exp.select(g)
+        assert len(g) == 1 or len(g) * (u.prompt_ids.shape[1] + u.response_ids.shape[1]) <= budget
+        assert u.prompt_ids.shape[1] == max(plens[i] for i in g.tolist())

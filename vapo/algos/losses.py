@@ -188,13 +188,22 @@ def token_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None,
 
 
 def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-                   **agg_kwargs) -> torch.Tensor:
+                   weights: torch.Tensor | None = None, **agg_kwargs) -> torch.Tensor:
     """Scalar loss = sum_{i,t} loss_mat * token_weights(mask, mode, ...). loss_mat: [B, T];
     masked entries are ignored (and get zero gradient). agg_kwargs: norm_len, num_tokens,
-    num_seqs."""
+    num_seqs.
+
+    weights: [B, T] precomputed token weights, used instead of ``token_weights`` (``mode`` and
+    ``agg_kwargs`` are then ignored). For micro-batching: compute ``token_weights`` once on the
+    whole batch and pass each micro-batch its rows; the micro-batch losses then sum to the
+    whole batch's loss under any mode."""
     _check_same_shape("aggregate_loss", mask, loss_mat=loss_mat)
-    w = token_weights(mask, mode, **agg_kwargs,
-                      dtype=torch.promote_types(loss_mat.dtype, torch.float32))
+    if weights is not None:
+        _check_same_shape("aggregate_loss", mask, weights=weights)
+        w = weights.to(torch.promote_types(loss_mat.dtype, torch.float32))
+    else:
+        w = token_weights(mask, mode, **agg_kwargs,
+                          dtype=torch.promote_types(loss_mat.dtype, torch.float32))
     return masked_sum(loss_mat * w, mask)
 
 
@@ -359,7 +368,7 @@ def value_loss(
 
 
 def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
-                      correct: torch.Tensor) -> torch.Tensor:
+                      correct: torch.Tensor, num_tokens: int | float | None = None) -> torch.Tensor:
     """Positive-example LM loss (VAPO §5):
 
         L_NLL = -(1 / sum_{i in C} l_i) sum_{i in C} sum_t log pi(o_{i,t})
@@ -369,6 +378,8 @@ def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
     Args:
         logprobs: [B, T] log pi_theta of the sampled tokens. response_mask: [B, T].
         correct: [B] bool, which responses are correct.
+        num_tokens: override of the normaliser sum_{i in C} l_i (the whole batch's count when
+            micro-batching).
     Returns:
         0-d tensor; 0 (still attached to the graph, zero gradient) when no correct response
         has a token.
@@ -379,7 +390,7 @@ def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
         raise VapoError(f"correct must be a [B]={logprobs.shape[0]} bool tensor", where=where,
                         fix="pass one bool per response")
     sel = response_mask.bool() & correct.bool()[:, None]
-    n = sel.sum()
+    n = sel.sum() if num_tokens is None else torch.as_tensor(num_tokens)
     if n == 0:
         return (logprobs * 0).sum()
     return -masked_sum(logprobs, sel) / n.to(logprobs.dtype)

@@ -14,6 +14,7 @@ its own stop rule (explained variance has plateaued).
 from __future__ import annotations
 
 import copy
+import math
 import random
 import signal
 import time
@@ -32,8 +33,10 @@ from vapo.algos.losses import (
     get_policy_loss,
     kl_estimate,
     masked_mean,
+    masked_sum,
     masked_whiten,
     positive_nll_loss,
+    token_weights,
     value_loss,
 )
 from vapo.algos.shaping import dynamic_sampling_keep, overlong_penalty, scores_to_token_rewards
@@ -68,19 +71,28 @@ class Experience:
     returns: torch.Tensor | None = None  # [B, T]
 
     def select(self, idx: torch.Tensor) -> Experience:
-        """The sub-batch of rows ``idx`` (trims response columns to the longest kept answer)."""
+        """The sub-batch of rows ``idx``, trimmed to its own longest prompt (left padding) and
+        longest answer (right padding). Positions come from the masks, so trimming padding
+        changes no computed value."""
         out = {}
         t_max = int(self.lengths[idx].max().item()) if len(idx) else 0
+        p_keep = int(self.prompt_mask[idx].sum(1).max().item()) if len(idx) else self.prompt_mask.shape[1]
         for f in fields(self):
             v = getattr(self, f.name)
             if v is None:
                 out[f.name] = None
                 continue
             v = v[idx]
-            if f.name not in ("prompt_ids", "prompt_mask") and v.dim() == 2:
+            if f.name in ("prompt_ids", "prompt_mask"):
+                v = v[:, v.shape[1] - p_keep :]
+            elif v.dim() == 2:
                 v = v[:, :t_max]
             out[f.name] = v
         return Experience(**out)
+
+    def padded_width(self) -> torch.Tensor:
+        """[B] prompt length + answer length: the tokens a row costs in a forward pass."""
+        return self.prompt_mask.sum(1) + self.lengths
 
     @staticmethod
     def concat(parts: list[Experience], pad_id: int) -> Experience:
@@ -138,6 +150,35 @@ def graceful_interrupts() -> Iterator[_StopFlag]:
         signal.signal(signal.SIGTERM, old_term)
 
 
+class _StatSum:
+    """Combines per-micro-batch statistics into the minibatch's: sums (loss terms that already
+    carry the minibatch's normalisers), token-weighted means, and maxima."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.means: dict[str, tuple[float, float]] = {}
+        self.maxs: dict[str, float] = {}
+
+    def add_sum(self, **kv: Any) -> None:
+        for k, v in kv.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+
+    def add_mean(self, weight: float, **kv: Any) -> None:
+        for k, v in kv.items():
+            s, w = self.means.get(k, (0.0, 0.0))
+            self.means[k] = (s + weight * float(v), w + weight)
+
+    def add_max(self, **kv: Any) -> None:
+        for k, v in kv.items():
+            self.maxs[k] = max(self.maxs.get(k, -math.inf), float(v))
+
+    def result(self) -> dict[str, float]:
+        out = dict(self.sums)
+        out.update({k: s / w if w > 0 else 0.0 for k, (s, w) in self.means.items()})
+        out.update(self.maxs)
+        return out
+
+
 def _warmup_constant(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
@@ -169,7 +210,8 @@ class Trainer:
         self.tokenizer: Any = None
         self.actor_opt: torch.optim.Optimizer | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
-        self._critic_values: torch.Tensor | None = None  # annotate → update_critic (single step only)
+        # annotate → update_critic in the single-step case: (rows, values with graph) per micro-batch
+        self._critic_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------- set-up
     @property
@@ -267,25 +309,25 @@ class Trainer:
         from vapo.models import response_logprobs, response_values
 
         c = self.cfg.algo
-        args = [t.to(self.device) for t in (exp.prompt_ids, exp.prompt_mask, exp.response_ids, exp.response_mask)]
         self.policy.eval()
         # With one optimizer step per iteration the old policy *is* the current one: the actor
         # update takes old log-probs from its own forward pass (detached) and this pass is skipped.
         if not self.single_step or (self.uses_ref and c.kl.in_reward):
-            exp.old_logprobs, _ = self._chunked(response_logprobs, self.policy, *args)
+            exp.old_logprobs = self._forward_rows(lambda m, *a: response_logprobs(m, *a)[0], self.policy, exp)
         if self.uses_ref:
-            exp.ref_logprobs, _ = self._chunked(response_logprobs, self.ref_policy, *args)
+            exp.ref_logprobs = self._forward_rows(lambda m, *a: response_logprobs(m, *a)[0], self.ref_policy, exp)
         if self.uses_critic and self.single_step:
             # Likewise for the critic: its one update step would recompute exactly these values, so
-            # they are computed once, with the graph kept, and update_critic backpropagates through
+            # they are computed once, with the graphs kept, and update_critic backpropagates through
             # them (one critic forward per iteration instead of two).
             self.critic.train()
+            graphs: list[tuple[torch.Tensor, torch.Tensor]] = []
             with torch.enable_grad():
-                self._critic_values = response_values(self.critic, *args)
-            exp.values = self._critic_values.detach().cpu()
+                exp.values = self._forward_rows(response_values, self.critic, exp, keep=graphs)
+            self._critic_values = graphs
         elif self.uses_critic:
             self.critic.eval()
-            exp.values = self._chunked(response_values, self.critic, *args)
+            exp.values = self._forward_rows(response_values, self.critic, exp)
         mask = exp.response_mask
         exp.loss_mask = mask * (~exp.truncated).float()[:, None] if c.overlong.filter_truncated else mask
         rewards = scores_to_token_rewards(exp.scores, mask)
@@ -305,15 +347,41 @@ class Trainer:
         exp.returns = out.returns
         return exp
 
-    def _chunked(self, fn: Any, model: Any, *args: torch.Tensor, chunk: int = 256) -> Any:
-        """Run a forward helper over row chunks (bounded memory) and concatenate, on CPU."""
-        outs = []
-        for s in range(0, args[0].shape[0], chunk):
-            outs.append(fn(model, *(a[s : s + chunk] for a in args)))
-        if isinstance(outs[0], tuple):
-            first = torch.cat([o[0] for o in outs]).cpu()
-            return first, None
-        return torch.cat(outs).cpu()
+    def _micro_batches(self, exp: Experience) -> list[torch.Tensor]:
+        """Row groups of ``exp`` for forward passes: rows sorted by length and packed so that a
+        group's padded size, rows × (longest prompt + longest answer), stays within
+        ``optim.micro_batch_tokens`` (a single longer row forms its own group). Sorting keeps
+        the padding of answers of very different lengths out of the computation."""
+        budget = self.cfg.optim.micro_batch_tokens
+        plen, rlen = exp.prompt_mask.sum(1).tolist(), exp.lengths.tolist()
+        order = sorted(range(len(rlen)), key=lambda i: (plen[i] + rlen[i], i))
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        p_max = r_max = 0
+        for i in order:
+            p2, r2 = max(p_max, plen[i]), max(r_max, rlen[i])
+            if cur and (len(cur) + 1) * (p2 + r2) > budget:
+                groups.append(cur)
+                cur, p2, r2 = [], plen[i], rlen[i]
+            cur.append(i)
+            p_max, r_max = p2, r2
+        if cur:
+            groups.append(cur)
+        return [torch.tensor(g, dtype=torch.long) for g in groups]
+
+    def _forward_rows(self, fn: Any, model: Any, exp: Experience,
+                      keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """``fn(model, prompt_ids, prompt_mask, response_ids, response_mask) -> [b, t]`` over the
+        micro-batches of ``exp``, reassembled to [B, T] on CPU (0 at padding). With ``keep``, the
+        device outputs (graph attached) are appended to it as (rows, output) pairs."""
+        out = torch.zeros(exp.response_ids.shape, dtype=torch.float32)
+        for rows in self._micro_batches(exp):
+            u = exp.select(rows)
+            y = fn(model, *(t.to(self.device) for t in (u.prompt_ids, u.prompt_mask, u.response_ids, u.response_mask)))
+            out[rows, : y.shape[1]] = y.detach().float().cpu()
+            if keep is not None:
+                keep.append((rows, y))
+        return out
 
     # ---------------------------------------------------------------- updates
     @property
@@ -328,6 +396,9 @@ class Trainer:
         return [perm[i : i + mb] for i in range(0, n, mb)]
 
     def update_actor(self, exp: Experience) -> dict[str, float]:
+        """PPO epochs over minibatches; each minibatch is one optimizer step whose gradient is
+        accumulated over its length-sorted micro-batches with the minibatch's own token weights
+        (so the step is the same as one pass over the whole minibatch, under any aggregation)."""
         from vapo.models import response_logprobs
 
         c, o = self.cfg.algo, self.cfg.optim
@@ -339,39 +410,49 @@ class Trainer:
         for _ in range(o.ppo_epochs):
             for idx in self._minibatches(len(exp.lengths)):
                 mb = exp.select(idx)
-                mask = mb.loss_mask.to(self.device)
-                logp, ent = response_logprobs(
-                    self.policy, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
-                    mb.response_ids.to(self.device), mb.response_mask.to(self.device), with_entropy=True,
-                )
-                old = logp.detach() if mb.old_logprobs is None else mb.old_logprobs.to(self.device)
-                loss, st = loss_fn(
-                    logp, old, mb.advantages.to(self.device), mask,
-                    eps_low=pl.eps_low, eps_high=pl.eps_high, dual_clip_c=pl.dual_clip_c, agg_mode=pl.agg_mode, norm_len=norm_len,
-                )
-                total = loss
-                if pl.nll_coef > 0:
-                    nll = positive_nll_loss(logp, mask, mb.correct.to(self.device))
-                    total = total + pl.nll_coef * nll
-                    st["nll_loss"] = nll.detach()
-                if self.uses_ref and not c.kl.in_reward:
-                    kl = aggregate_loss(kl_estimate(logp, mb.ref_logprobs.to(self.device), c.kl.estimator), mask, pl.agg_mode, norm_len=norm_len)
-                    total = total + c.kl.coef * kl
-                    st["kl"] = kl.detach()
-                ent_mean = masked_mean(ent, mask) if mask.sum() > 0 else ent.sum() * 0
-                if pl.entropy_coef > 0:
-                    total = total - pl.entropy_coef * ent_mean
+                weights = token_weights(mb.loss_mask, pl.agg_mode, norm_len=norm_len)
+                n_tok = float(mb.loss_mask.sum())
+                n_pos = float((mb.loss_mask.bool() & mb.correct[:, None]).sum())
                 self.actor_opt.zero_grad(set_to_none=True)
-                total.backward()
+                acc = _StatSum()
+                for rows in self._micro_batches(mb):
+                    u = mb.select(rows)
+                    mask = u.loss_mask.to(self.device)
+                    w = weights[rows, : mask.shape[1]].to(self.device)
+                    logp, ent = response_logprobs(
+                        self.policy, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
+                        u.response_ids.to(self.device), u.response_mask.to(self.device), with_entropy=True,
+                    )
+                    old = logp.detach() if u.old_logprobs is None else u.old_logprobs.to(self.device)
+                    loss, st = loss_fn(logp, old, u.advantages.to(self.device), mask, eps_low=pl.eps_low, eps_high=pl.eps_high,
+                                       dual_clip_c=pl.dual_clip_c, weights=w)
+                    total = loss
+                    acc.add_sum(policy_loss=loss)
+                    if pl.nll_coef > 0:
+                        nll = positive_nll_loss(logp, mask, u.correct.to(self.device), num_tokens=max(n_pos, 1.0))
+                        total = total + pl.nll_coef * nll
+                        acc.add_sum(nll_loss=nll)
+                    if self.uses_ref and not c.kl.in_reward:
+                        kl = aggregate_loss(kl_estimate(logp, u.ref_logprobs.to(self.device), c.kl.estimator), mask, weights=w)
+                        total = total + c.kl.coef * kl
+                        acc.add_sum(kl=kl)
+                    ent_sum = masked_sum(ent, mask)
+                    if pl.entropy_coef > 0:
+                        total = total - pl.entropy_coef * ent_sum / max(n_tok, 1.0)
+                    total.backward()
+                    acc.add_sum(entropy=ent_sum / max(n_tok, 1.0))
+                    acc.add_mean(float(mask.sum()), **{k: v for k, v in st.items() if k != "ratio_max"})
+                    acc.add_max(ratio_max=st["ratio_max"])
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), o.grad_clip)
                 self.actor_opt.step()
                 self.actor_sched.step()
-                st.update(policy_loss=loss.detach(), entropy=ent_mean.detach(), actor_grad_norm=gn)
-                for k, v in st.items():
-                    stats.setdefault(k, []).append(float(v))
+                for k, v in {**acc.result(), "actor_grad_norm": float(gn)}.items():
+                    stats.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def update_critic(self, exp: Experience) -> dict[str, float]:
+        """Value-loss steps, micro-batched like the actor's. In the single-step case the forward
+        pass is the one annotate() kept (its graphs), so the critic runs forward once."""
         from vapo.models import response_values
 
         c, o = self.cfg.algo, self.cfg.optim
@@ -381,21 +462,25 @@ class Trainer:
         for _ in range(o.ppo_epochs):
             for idx in [None] if fused is not None else self._minibatches(len(exp.lengths)):
                 mb = exp if idx is None else exp.select(idx)
-                mask = mb.response_mask.to(self.device)
-                if fused is not None:  # the values annotate() computed, graph attached (single step)
-                    v = fused
-                else:
-                    v = response_values(self.critic, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
-                                        mb.response_ids.to(self.device), mask)
-                loss, st = value_loss(v, mb.values.to(self.device), mb.returns.to(self.device), mask, clip_eps=c.critic.value_clip)
+                weights = token_weights(mb.response_mask, "token-mean")
                 self.critic_opt.zero_grad(set_to_none=True)
-                (c.critic.coef * loss).backward()
+                acc = _StatSum()
+                parts = fused if fused is not None else [(rows, None) for rows in self._micro_batches(mb)]
+                for rows, v in parts:
+                    u = mb.select(rows)
+                    mask = u.response_mask.to(self.device)
+                    if v is None:
+                        v = response_values(self.critic, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
+                                            u.response_ids.to(self.device), mask)
+                    loss, st = value_loss(v, u.values.to(self.device), u.returns.to(self.device), mask,
+                                          clip_eps=c.critic.value_clip, weights=weights[rows, : mask.shape[1]].to(self.device))
+                    (c.critic.coef * loss).backward()
+                    acc.add_sum(value_loss=loss)
+                    acc.add_mean(float(mask.sum()), **st)
                 gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.grad_clip)
                 self.critic_opt.step()
                 self.critic_sched.step()
-                st = {k: float(v) for k, v in st.items()}
-                st.update(value_loss=loss.item(), critic_grad_norm=float(gn))
-                for k, val in st.items():
+                for k, val in {**acc.result(), "critic_grad_norm": float(gn)}.items():
                     stats.setdefault(k, []).append(val)
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
