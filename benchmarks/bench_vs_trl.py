@@ -19,15 +19,15 @@ What is compared (one process, one model, one warm start):
   model on either side), AdamW, gradient clipping at 1.0, float32 on CPU.
 * vapo-grpo: ``Trainer.iterate()`` with the `grpo` preset (its seq-mean-token-mean
   aggregation), ``algo.kl.coef=0``. An iteration samples with vapo's KV-cached sampler, scores,
-  recomputes the old log-probs with one no-grad forward, and takes the update step (with the
-  per-token entropy computed for logging).
+  and takes the update step over length-sorted micro-batches (with the per-token entropy
+  computed for logging); with one optimizer step per iteration the old log-probs are the
+  detached current ones, so no separate forward pass computes them.
 * TRL: ``GRPOTrainer`` with ``loss_type="grpo"`` (per-sequence token mean, then mean over
   sequences = vapo's seq-mean-token-mean), ``scale_rewards="group"``, ``beta=0``,
   ``num_iterations=1``, ``per_device_train_batch_size = prompts × G``,
   ``gradient_accumulation_steps=1`` (so generation batch = one optimizer step), sampling with
-  ``transformers`` ``generate`` (no vLLM), no logging/saving. In this set-up TRL skips the
-  old-log-prob forward (it uses the detached current log-probs, which are equal), so TRL does
-  one forward fewer than vapo per iteration.
+  ``transformers`` ``generate`` (no vLLM), no logging/saving. In this set-up TRL also skips the
+  old-log-prob forward (it uses the detached current log-probs, which are equal).
 * vapo-vapo: ``Trainer.iterate()`` with the `vapo` preset (critic forward for the values,
   decoupled length-adaptive GAE, positive-example NLL, and one critic update step);
   value pretraining is not part of an iteration and is skipped (``pretrain_steps=0``).
