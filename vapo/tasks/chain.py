@@ -61,7 +61,7 @@ class RewriteSum(ProceduralTask):
             d = 0
             if rng.random() < slip:
                 later = [sum(terms[j : i + 1]) for i in range(j, len(terms))]  # what step j and later add
-                options = [d for d in (-1, 1) if all(0 <= v + x + d <= 9 for x in later)]
+                options = [sign for sign in (-1, 1) if all(0 <= v + x + sign <= 9 for x in later)]
                 d = rng.choice(options) if options else 0
             deltas.append(d)
             v += terms[j] + d

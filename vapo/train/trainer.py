@@ -90,10 +90,6 @@ class Experience:
             out[f.name] = v
         return Experience(**out)
 
-    def padded_width(self) -> torch.Tensor:
-        """[B] prompt length + answer length: the tokens a row costs in a forward pass."""
-        return self.prompt_mask.sum(1) + self.lengths
-
     @staticmethod
     def concat(parts: list[Experience], pad_id: int) -> Experience:
         """Concatenate experiences (re-padding prompts on the left and responses on the right)."""
@@ -310,12 +306,16 @@ class Trainer:
 
         c = self.cfg.algo
         self.policy.eval()
+
+        def logprobs(model: Any, *args: torch.Tensor) -> torch.Tensor:
+            return response_logprobs(model, *args)[0]
+
         # With one optimizer step per iteration the old policy *is* the current one: the actor
         # update takes old log-probs from its own forward pass (detached) and this pass is skipped.
         if not self.single_step or (self.uses_ref and c.kl.in_reward):
-            exp.old_logprobs = self._forward_rows(lambda m, *a: response_logprobs(m, *a)[0], self.policy, exp)
+            exp.old_logprobs = self._forward_rows(logprobs, self.policy, exp)
         if self.uses_ref:
-            exp.ref_logprobs = self._forward_rows(lambda m, *a: response_logprobs(m, *a)[0], self.ref_policy, exp)
+            exp.ref_logprobs = self._forward_rows(logprobs, self.ref_policy, exp)
         if self.uses_critic and self.single_step:
             # Likewise for the critic: its one update step would recompute exactly these values, so
             # they are computed once, with the graphs kept, and update_critic backpropagates through
