@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vapo.errors import VapoError, unknown_name_error
+from vapo.algos.groups import group_stats
+from vapo.errors import VapoError
+from vapo.registry import Registry
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -326,25 +328,6 @@ def decoupled_gae(
 # --------------------------------------------------------------------------------------------
 
 
-def _group_stats(scores: torch.Tensor, group_index: torch.Tensor):
-    """Per-response statistics of its group, float64: (count, mean, unbiased std, all_equal).
-
-    group_index may hold arbitrary integers, in any order."""
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    s = scores.to(torch.float64)
-    count = torch.zeros(n_groups, dtype=torch.float64, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    total = torch.zeros_like(count).index_add_(0, inv, s)
-    mean = total / count
-    sq = torch.zeros_like(count).index_add_(0, inv, (s - mean[inv]) ** 2)
-    std = torch.sqrt(sq / (count - 1).clamp_min(1))  # unbiased (torch.std), as GRPO's references
-    big = torch.finfo(torch.float64).max
-    gmax = torch.full_like(count, -big).scatter_reduce_(0, inv, s, "amax")
-    gmin = torch.full_like(count, big).scatter_reduce_(0, inv, s, "amin")
-    all_equal = gmax == gmin  # includes groups of size 1
-    return count[inv], mean[inv], std[inv], all_equal[inv]
-
-
 def _broadcast(adv_seq: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(response_mask.bool(), adv_seq.to(dtype)[:, None], 0.0)
 
@@ -370,8 +353,8 @@ def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_ma
         [B, T] advantages (dtype of scores, float32 for integer scores); 0 at masked positions.
     """
     _check_group_inputs(scores, group_index, response_mask, "grpo_advantages")
-    _, mean, std, flat = _group_stats(scores, group_index)
-    adv = torch.where(flat, 0.0, (scores.to(torch.float64) - mean) / (std + eps))
+    g = group_stats(scores, group_index)
+    adv = torch.where(g.all_equal, 0.0, (scores.to(torch.float64) - g.mean) / (g.std + eps))
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
@@ -381,8 +364,8 @@ def dr_grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
     broadcast to tokens. Groups of size 1 or with all-equal scores get 0. `eps` is unused
     (kept for a uniform signature). Shapes as `grpo_advantages`."""
     _check_group_inputs(scores, group_index, response_mask, "dr_grpo_advantages")
-    _, mean, _, flat = _group_stats(scores, group_index)
-    adv = torch.where(flat, 0.0, scores.to(torch.float64) - mean)
+    g = group_stats(scores, group_index)
+    adv = torch.where(g.all_equal, 0.0, scores.to(torch.float64) - g.mean)
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
@@ -393,9 +376,9 @@ def rloo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
     Groups of size 1 (no other sample for a baseline) or with all-equal scores get 0.
     `eps` is unused. Shapes as `grpo_advantages`."""
     _check_group_inputs(scores, group_index, response_mask, "rloo_advantages")
-    count, mean, _, flat = _group_stats(scores, group_index)
-    loo = count / (count - 1).clamp_min(1)
-    adv = torch.where(flat, 0.0, loo * (scores.to(torch.float64) - mean))
+    g = group_stats(scores, group_index)
+    loo = g.count / (g.count - 1).clamp_min(1)
+    adv = torch.where(g.all_equal, 0.0, loo * (scores.to(torch.float64) - g.mean))
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
@@ -451,31 +434,19 @@ class AdvantageOutput:
 
 
 AdvantageEstimator = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator",
+                                                              where="get_advantage_estimator")
 
 
 def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: ``@register_advantage_estimator("my_est")`` makes ``fn(inp, params) ->
     AdvantageOutput`` available by name. Registering a taken name raises VapoError."""
-
-    def deco(fn: AdvantageEstimator) -> AdvantageEstimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise VapoError(f"advantage estimator {name!r} is already registered",
-                            where="register_advantage_estimator",
-                            fix="choose another name (names are global)")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
+    return ADVANTAGE_ESTIMATORS.register(name)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """The estimator registered as `name`; unknown names raise with a did-you-mean hint."""
-    try:
-        return ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        raise unknown_name_error("advantage estimator", name, ADVANTAGE_ESTIMATORS,
-                                 where="get_advantage_estimator") from None
+    return ADVANTAGE_ESTIMATORS.get(name)
 
 
 @register_advantage_estimator("gae")

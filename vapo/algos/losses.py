@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from vapo.errors import VapoError, unknown_name_error
+from vapo.registry import Registry
 
 __all__ = [
     "LOSS_AGG_MODES",
@@ -103,30 +104,18 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 # --------------------------------------------------------------------------------------------
 
 AggWeightFn = Callable[..., torch.Tensor]
-LOSS_AGG_MODES: dict[str, AggWeightFn] = {}
+LOSS_AGG_MODES: Registry[AggWeightFn] = Registry("loss aggregation mode", where="loss_agg_mode")
 
 
 def register_loss_agg_mode(name: str) -> Callable[[AggWeightFn], AggWeightFn]:
     """Decorator registering ``fn(mask[B,T] float, norm_len, num_tokens, num_seqs) -> [B,T]``
     weights. Taken names raise VapoError."""
-
-    def deco(fn: AggWeightFn) -> AggWeightFn:
-        if name in LOSS_AGG_MODES:
-            raise VapoError(f"loss aggregation mode {name!r} is already registered",
-                            where="register_loss_agg_mode", fix="choose another name")
-        LOSS_AGG_MODES[name] = fn
-        return fn
-
-    return deco
+    return LOSS_AGG_MODES.register(name)
 
 
 def get_loss_agg_mode(name: str) -> AggWeightFn:
     """The weight function of aggregation mode `name`; unknown names raise (did-you-mean)."""
-    try:
-        return LOSS_AGG_MODES[name]
-    except KeyError:
-        raise unknown_name_error("loss aggregation mode", name, LOSS_AGG_MODES,
-                                 where="loss_agg_mode") from None
+    return LOSS_AGG_MODES.get(name)
 
 
 @register_loss_agg_mode("token-mean")
@@ -212,29 +201,18 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
 # --------------------------------------------------------------------------------------------
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", where="policy_loss")
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
     """Decorator registering a policy loss ``fn(logprobs, old_logprobs, advantages,
     response_mask, **kwargs) -> (loss, stats)``. Taken names raise VapoError."""
-
-    def deco(fn: PolicyLossFn) -> PolicyLossFn:
-        if name in POLICY_LOSSES:
-            raise VapoError(f"policy loss {name!r} is already registered",
-                            where="register_policy_loss", fix="choose another name")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return deco
+    return POLICY_LOSSES.register(name)
 
 
 def get_policy_loss(name: str) -> PolicyLossFn:
     """The policy loss registered as `name`; unknown names raise (did-you-mean)."""
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise unknown_name_error("policy loss", name, POLICY_LOSSES, where="policy_loss") from None
+    return POLICY_LOSSES.get(name)
 
 
 @register_policy_loss("ppo_clip")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from vapo.algos.groups import group_stats
 from vapo.errors import VapoError
 
 __all__ = ["dynamic_sampling_keep", "overlong_penalty", "scores_to_token_rewards"]
@@ -56,15 +57,7 @@ def dynamic_sampling_keep(scores: torch.Tensor, group_index: torch.Tensor) -> to
             and scores.dim() == 1 and group_index.shape == scores.shape):
         raise VapoError("scores and group_index must be 1-D [B] tensors of the same length",
                         where=where, fix="pass one score and one group id per response")
-    if scores.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=scores.device)
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n = int(inv.max().item()) + 1
-    s = scores.to(torch.float64)
-    big = torch.finfo(torch.float64).max
-    gmax = torch.full((n,), -big, dtype=s.dtype, device=s.device).scatter_reduce_(0, inv, s, "amax")
-    gmin = torch.full((n,), big, dtype=s.dtype, device=s.device).scatter_reduce_(0, inv, s, "amin")
-    return (gmax > gmin)[inv]
+    return ~group_stats(scores, group_index).all_equal
 
 
 def scores_to_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
