@@ -27,12 +27,21 @@ prompts of lengths in [2, L0]; then report
 from __future__ import annotations
 
 import math
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
-NAME = "generalization"
+from vapo.theory.framework import (
+    Experiment,
+    Verdict,
+    fmt,
+    new_figure,
+    register_experiment,
+    save_figure,
+)
+from vapo.theory.mdp import LogLinearChain, make_loglinear_chain
 
 HYPOTHESIS = (
     "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
@@ -53,71 +62,7 @@ DECISION_RULE = (
 L0 = 6  # training length scale: train lengths in [2, L0]
 
 
-def _features_policy(x: torch.Tensor, t_over: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Logit features. x: [K, d]; t_over: [L] (t/L0). Returns φ [K, L, V, F] with
-    F = V·d + V + V, so logits = φ @ θ with θ [F]."""
-    k, d = x.shape
-    L = t_over.shape[0]
-    eye = torch.eye(vocab, dtype=torch.float64)
-    fx = x[:, None, :, None] * eye[None, :, None, :]  # [K, V(a), d, V(slot)]
-    fx = fx.reshape(k, vocab, d * vocab)
-    ft = t_over[:, None, None] * eye[None]  # [L, V, V]
-    parts = [
-        fx[:, None].expand(k, L, vocab, d * vocab),
-        ft[None].expand(k, L, vocab, vocab),
-        eye[None, None].expand(k, L, vocab, vocab),
-    ]
-    return torch.cat(parts, dim=-1)
-
-
-class Problem:
-    """A family of prompts (features, lengths) with a hidden rule; exact success and V^π."""
-
-    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, rule_a: torch.Tensor,
-                 rule_b: torch.Tensor, vocab: int, max_len: int):
-        self.x, self.lengths, self.vocab, self.max_len = x, lengths, vocab, max_len
-        t = torch.arange(max_len, dtype=torch.float64)
-        self.t_over = t / L0
-        score = (x @ rule_a.T)[:, None, :] + self.t_over[None, :, None] * rule_b[None, None, :]
-        self.correct = score.argmax(-1)  # [K, L]
-        self.mask = (t[None, :] < lengths[:, None]).to(torch.float64)  # [K, L]
-        self.phi = _features_policy(x, self.t_over, vocab)  # [K, L, V, F]
-
-    def logp_correct(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K, L] log π(c_k(t) | k, t) (0 at positions ≥ l_k)."""
-        logits = self.phi @ theta
-        logp = torch.log_softmax(logits, dim=-1)
-        return logp.gather(-1, self.correct[..., None]).squeeze(-1) * self.mask
-
-    def success(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K] exact p_k."""
-        return torch.exp(self.logp_correct(theta).sum(1))
-
-    def values(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K, L] exact V^π on the correct path: Π_{u ≥ t} π(c_k(u)); 0 beyond l_k."""
-        lp = self.logp_correct(theta)
-        return torch.exp(torch.flip(torch.cumsum(torch.flip(lp, [1]), 1), [1])) * self.mask
-
-    def critic_features(self) -> torch.Tensor:
-        """[K, L, d + 3] = [x_k, t/L0, (l_k − t)/L0, 1]."""
-        k, L = self.mask.shape
-        t = torch.arange(L, dtype=torch.float64)
-        rem = (self.lengths[:, None].to(torch.float64) - t[None]) / L0
-        return torch.cat([self.x[:, None, :].expand(k, L, -1), (t / L0)[None, :, None].expand(k, L, 1),
-                          rem[..., None], torch.ones(k, L, 1, dtype=torch.float64)], dim=-1)
-
-
-def make_problem(n: int, lengths: tuple[int, int] | int, rule_a, rule_b, vocab: int, d: int,
-                 max_len: int, g: torch.Generator) -> Problem:
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    if isinstance(lengths, int):
-        ls = torch.full((n,), lengths)
-    else:
-        ls = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g)
-    return Problem(x, ls, rule_a, rule_b, vocab, max_len)
-
-
-def train_policy(train: Problem, steps: int, lr: float) -> torch.Tensor:
+def train_policy(train: LogLinearChain, steps: int, lr: float) -> torch.Tensor:
     """Exact policy-gradient ascent on J = mean_k p_k from θ = 0 (uniform policy)."""
     theta = torch.zeros(train.phi.shape[-1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
@@ -129,9 +74,9 @@ def train_policy(train: Problem, steps: int, lr: float) -> torch.Tensor:
     return theta.detach()
 
 
-def critic_errors(theta: torch.Tensor, train: Problem, test: Problem) -> tuple[float, float]:
+def critic_errors(theta: torch.Tensor, train: LogLinearChain, test: LogLinearChain) -> tuple[float, float]:
     """Least-squares linear critic fitted to exact V^π on training states; RMSE (train, test)."""
-    def design(p: Problem):
+    def design(p: LogLinearChain):
         m = p.mask.bool()
         return p.critic_features()[m], p.values(theta)[m]
 
@@ -150,28 +95,26 @@ def sizes(quick: bool) -> dict:
                 seeds=list(range(6)), steps=400, lr=0.1, vocab=3, d=6)
 
 
-def _spearman(a, b) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
+def spearman(a, b) -> float:
+    """Spearman rank correlation (scipy); NaN when either input is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(stats.spearmanr(a, b).statistic)
 
 
-def compute(quick: bool = False, seed: int = 0) -> dict:
-    sz = sizes(quick)
-    t0 = time.perf_counter()
+def compute(sz: dict, seed: int = 0) -> dict:
+    """Train per (seed, N); exact success, gaps, length extrapolation, critic errors (no verdict)."""
     max_len = max(sz["test_lengths"] + [L0])
     rows = []
     for s in sz["seeds"]:
         g = torch.Generator().manual_seed(10_000 * seed + s)
         rule_a = torch.randn(sz["vocab"], sz["d"], generator=g, dtype=torch.float64)
         rule_b = torch.randn(sz["vocab"], generator=g, dtype=torch.float64)
-        test_same = make_problem(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
-        test_len = {lt: make_problem(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
+        test_same = make_loglinear_chain(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+        test_len = {lt: make_loglinear_chain(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
                     for lt in sz["test_lengths"]}
         for n in sz["n_train"]:
-            train = make_problem(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
+            train = make_loglinear_chain(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
             theta = train_policy(train, sz["steps"], sz["lr"])
             tr = float(train.success(theta).mean())
             te = float(test_same.success(theta).mean())
@@ -196,10 +139,9 @@ def compute(quick: bool = False, seed: int = 0) -> dict:
     big = [r for r in rows if r["n_train"] == ns[-1]]
     by_len = {str(lt): float(np.mean([r["test_success_by_length"][str(lt)] for r in big]))
               for lt in sz["test_lengths"]}
-    rho = _spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
+    rho = spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
     return {"sizes": sz, "seed": seed, "L0": L0, "rows": rows, "by_n": by_n,
-            "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho,
-            "seconds": time.perf_counter() - t0}
+            "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho}
 
 
 def evidence(res: dict) -> dict:
@@ -214,21 +156,17 @@ def evidence(res: dict) -> dict:
     }
 
 
-def decide(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code. Returns (verdict, the two sub-calls)."""
+def rule(ev: dict) -> tuple[str, dict]:
+    """DECISION_RULE as code on the deciding numbers. Returns (status, the two sub-calls)."""
     prompt_ok = ev["gap_small_n"] > 2 * ev["gap_small_n_se"] and ev["gap_large_n"] < 0.5 * ev["gap_small_n"]
     length_ok = ev["success_at_L0"] - ev["success_at_longest"] > 0.1
     verdict = "supported" if prompt_ok and length_ok else "refuted" if not (prompt_ok or length_ok) else "inconclusive"
     return verdict, {"prompt_ok": bool(prompt_ok), "length_ok": bool(length_ok)}
 
 
-def plot(res: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+def plot(res: dict, path: Path) -> Path:
+    fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+    ax = ax[0]
     ns = res["sizes"]["n_train"]
     bn = res["by_n"]
     ax[0].plot(ns, [bn[str(n)]["train_success"] for n in ns], "o-", label="train prompts")
@@ -244,26 +182,32 @@ def plot(res: dict, path) -> None:
     ax[2].scatter([r["critic_rmse_test"] for r in res["rows"]], [r["gap"] for r in res["rows"]],
                   c=np.log2([r["n_train"] for r in res["rows"]]), cmap="viridis")
     ax[2].set(xlabel="critic RMSE on unseen prompts", ylabel="policy train-test gap",
-              title=f"Spearman rho = {res['spearman_critic_test_rmse_vs_gap']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+              title=f"Spearman rho = {fmt(res['spearman_critic_test_rmse_vs_gap'], '.2f')}")
+    return save_figure(fig, path)
 
 
-def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
-    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
-    from vapo.theory.exp_exploration import write_outputs
+@register_experiment("generalization")
+class Generalization(Experiment):
+    claim = "Claim 4 — generalisation to unseen prompts and to longer answers (docs/theory_part2.md)."
+    hypothesis = HYPOTHESIS
+    decision_rule = DECISION_RULE
 
-    res = compute(quick=quick, seed=seed)
-    ev = evidence(res)
-    verdict, calls = decide(ev)
-    line = (f"{NAME}: {verdict} — gap {ev['gap_small_n']:.3f}±{ev['gap_small_n_se']:.3f} at N="
-            f"{res['sizes']['n_train'][0]} -> {ev['gap_large_n']:.3f} at N={res['sizes']['n_train'][-1]}; "
-            f"unseen-prompt success at l={L0}: {ev['success_at_L0']:.3f}, at l="
-            f"{res['sizes']['test_lengths'][-1]}: {ev['success_at_longest']:.3f}; critic-RMSE/gap "
-            f"Spearman {res['spearman_critic_test_rmse_vs_gap']:.2f}")
-    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
-               "verdict": verdict, "verdict_line": line, "evidence": ev, "calls": calls, **res}
-    if out_dir is not None:
-        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, p))
-    return payload
+    def sizes(self, quick: bool) -> dict:
+        return sizes(quick)
+
+    def compute(self, sizes: dict, seed: int) -> dict:
+        return compute(sizes, seed)
+
+    def decide(self, results: dict) -> Verdict:
+        ev = evidence(results)
+        status, calls = rule(ev)
+        sz = results["sizes"]
+        line = (f"generalization: {status} — gap {ev['gap_small_n']:.3f}±{ev['gap_small_n_se']:.3f} at N="
+                f"{sz['n_train'][0]} -> {ev['gap_large_n']:.3f} at N={sz['n_train'][-1]}; "
+                f"unseen-prompt success at l={results['L0']}: {ev['success_at_L0']:.3f}, at l="
+                f"{sz['test_lengths'][-1]}: {ev['success_at_longest']:.3f}; critic-RMSE/gap "
+                f"Spearman {fmt(results['spearman_critic_test_rmse_vs_gap'], '.2f')}")
+        return Verdict(status, line, {**ev, **calls})
+
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        return [plot(results, Path(out_dir) / "generalization.png")]

@@ -20,16 +20,14 @@ cosine between the batch policy-gradient estimate Σ_t Â_t ∇log π(a_t|s_t) /
 from __future__ import annotations
 
 import math
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import vapo.algos.pathways  # noqa: F401  (registers the pathway estimators)
 from vapo.algos import AdvantageInput, AdvantageParams, get_advantage_estimator
-from vapo.theory.exp_exploration import ChainMDP, exact_success, make_chain
-
-NAME = "pathways"
+from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
+from vapo.theory.mdp import ChainMDP, make_chain
 
 HYPOTHESIS = (
     "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
@@ -53,19 +51,6 @@ PATHWAYS = {
     "gae_error_aware": ("gae_error_aware", dict()),
     "gae_mc_anchored": ("gae_mc_anchored", dict(lam_actor=None, alpha=0.05)),
 }
-
-
-def exact_values(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
-    """[K, L+1] V^π(k, t, ok) on the correct path; column l_k (terminal) and beyond: 0."""
-    logp0 = torch.log_softmax(logits, dim=-1)[..., 0] * mdp.mask
-    v = torch.exp(torch.flip(torch.cumsum(torch.flip(logp0, [1]), 1), [1])) * mdp.mask
-    return torch.cat([v, torch.zeros(v.shape[0], 1, dtype=v.dtype)], dim=1)
-
-
-def exact_grad(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
-    th = logits.clone().requires_grad_(True)
-    exact_success(th, mdp).mean().backward()
-    return th.grad.detach()
 
 
 def evaluate_batch(logits, mdp: ChainMDP, v_exact, noise, beta, horizon, n_prompts, group, g):
@@ -94,7 +79,7 @@ def evaluate_batch(logits, mdp: ChainMDP, v_exact, noise, beta, horizon, n_promp
     inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=v_hat, scores=success,
                          group_index=prompts)
     pi = torch.softmax(logits, dim=-1)
-    grad = exact_grad(logits, mdp).flatten()
+    grad = mdp.grad(logits).flatten()
     out = {}
     for name, (est, kw) in {**BASELINES, **PATHWAYS}.items():
         adv = get_advantage_estimator(est)(inp, AdvantageParams(lam_critic=1.0, **kw)).advantages
@@ -123,12 +108,11 @@ def sizes(quick: bool) -> dict:
     return dict(n_prompts_mdp=32, max_len=512, vocab=4, batches=24, n_prompts=8, group=8, horizon=128)
 
 
-def compute(quick: bool = False, seed: int = 0) -> dict:
-    sz = sizes(quick)
-    t0 = time.perf_counter()
+def compute(sz: dict, seed: int = 0) -> dict:
+    """Per critic condition and sampled batch: every estimator's MSE and cosine (no verdict)."""
     mdp = make_chain(sz["n_prompts_mdp"], sz["max_len"], sz["vocab"], (0.05, 0.8), seed)
     logits = mdp.init_logits
-    v_exact = exact_values(logits, mdp)
+    v_exact = mdp.values(logits)
     names = list(BASELINES) + list(PATHWAYS)
     per_critic = {}
     for ci, (cname, (beta, sd)) in enumerate(CRITICS.items()):
@@ -139,7 +123,7 @@ def compute(quick: bool = False, seed: int = 0) -> dict:
                for _ in range(sz["batches"])]
         per_critic[cname] = {n: {"mse": [r[n][0] for r in res], "cos": [r[n][1] for r in res]} for n in names}
     return {"sizes": sz, "seed": seed, "critics": CRITICS, "per_critic": per_critic,
-            "lengths": mdp.lengths.tolist(), "seconds": time.perf_counter() - t0}
+            "lengths": mdp.lengths.tolist()}
 
 
 def evidence(res: dict) -> dict:
@@ -165,8 +149,8 @@ def evidence(res: dict) -> dict:
             "baseline_cos": {n: summary[n]["cos"] for n in BASELINES}}
 
 
-def decide(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code. Returns (verdict, {pathway: kept?})."""
+def rule(ev: dict) -> tuple[str, dict]:
+    """DECISION_RULE as code on the deciding numbers. Returns (status, {pathway: kept?})."""
     s = ev["summary"]
     best_mse = min(ev["baseline_mse"].values())
     best_cos = max(ev["baseline_cos"].values())
@@ -185,16 +169,12 @@ def decide(ev: dict) -> tuple[str, dict]:
     return verdict, kept
 
 
-def plot(res: dict, ev: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(res: dict, ev: dict, path: Path) -> Path:
     s = ev["summary"]
     critics = list(res["per_critic"])
     names = list(s)
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
+    fig, ax = new_figure(2, 1, size=(6.5, 4.0))
+    ax = ax[0]
     w = 0.8 / len(names)
     for j, n in enumerate(names):
         xs = np.arange(len(critics)) + j * w
@@ -206,24 +186,28 @@ def plot(res: dict, ev: dict, path) -> None:
         a.set_title(t)
     ax[0].set_yscale("log")
     ax[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
-def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
-    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
-    from vapo.theory.exp_exploration import write_outputs
+@register_experiment("pathways")
+class Pathways(Experiment):
+    claim = "Claim 6 — improvement pathways beyond VAPO, evaluated on an exact testbed (docs/theory_part2.md)."
+    hypothesis = HYPOTHESIS
+    decision_rule = DECISION_RULE
 
-    res = compute(quick=quick, seed=seed)
-    ev = evidence(res)
-    verdict, kept = decide(ev)
-    s = ev["summary"]
-    line = f"{NAME}: {verdict} — kept on testbed: {[n for n, k in kept.items() if k] or 'none'}; " + "; ".join(
-        f"{n} MSE {s[n]['mse']:.4g} cos {s[n]['cos']:.3f}" for n in s)
-    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
-               "verdict": verdict, "verdict_line": line, "kept_on_testbed": kept,
-               "evidence": ev, **res}
-    if out_dir is not None:
-        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, ev, p))
-    return payload
+    def sizes(self, quick: bool) -> dict:
+        return sizes(quick)
+
+    def compute(self, sizes: dict, seed: int) -> dict:
+        return compute(sizes, seed)
+
+    def decide(self, results: dict) -> Verdict:
+        ev = evidence(results)
+        status, kept = rule(ev)
+        s = ev["summary"]
+        line = (f"pathways: {status} — kept on testbed: {[n for n, k in kept.items() if k] or 'none'}; "
+                + "; ".join(f"{n} MSE {s[n]['mse']:.4g} cos {s[n]['cos']:.3f}" for n in s))
+        return Verdict(status, line, {"kept_on_testbed": kept, **ev})
+
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        return [plot(results, evidence(results), Path(out_dir) / "pathways.png")]
