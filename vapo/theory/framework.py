@@ -153,7 +153,12 @@ def load_experiments() -> dict[str, Experiment]:
     """Import every experiment module; returns ``{name: experiment}`` in run order."""
     for m in _EXPERIMENT_MODULES:
         importlib.import_module(m)
-    return dict(EXPERIMENTS.items())
+
+    def rank(item: tuple[str, Experiment]) -> int:  # user-registered experiments come last
+        mod = type(item[1]).__module__
+        return _EXPERIMENT_MODULES.index(mod) if mod in _EXPERIMENT_MODULES else len(_EXPERIMENT_MODULES)
+
+    return dict(sorted(EXPERIMENTS.items(), key=rank))
 
 
 def get_experiment(name: str) -> Experiment:

@@ -53,6 +53,14 @@ Public API (all numpy float64; ``L = mdp.max_len``, ``M1 = mdp.n_m = tolerance +
   ``mask [B, T]``, ``token_rewards [B, T]`` (reward on the last real token), ``lengths [B]``,
   ``success [B]``; ``.gather(table[K, L+1, M1]) -> [B, T]`` (0 at padding) and ``.torch()``
   for vapo.algos (float64 tensors).
+
+Chain MDPs (torch float64, differentiable; the policy sees (prompt, position) only)
+------------------------------------------------------------------------------------
+* :class:`ChainMDP` / :func:`make_chain`: tabular softmax logits [K, L, V], one correct token
+  of V per position; ``.success``, ``.entropy``, ``.values`` (V^π on the correct path),
+  ``.grad`` (∇ mean_k p_k) — used by the exploration and pathways experiments.
+* :class:`LogLinearChain` / :func:`make_loglinear_chain`: a log-linear policy with features
+  shared across prompts and a hidden realisable rule — used by the generalization experiment.
 """
 
 from __future__ import annotations
