@@ -135,3 +135,15 @@ def test_sampled_batches_fit_vapo_algos_contract():
     t = tr.torch()
     assert t["token_rewards"].dtype == torch.float64 and t["response_mask"].shape == t["token_rewards"].shape
     assert torch.all(t["token_rewards"] * (1 - t["response_mask"]) == 0)
+
+
+def test_html_page_escapes_hostile_text_and_keeps_every_experiment(tmp_path):
+    from vapo.theory.framework import ExperimentResult, Verdict
+
+    hostile = "<script>alert('x')</script>&"
+    res = [ExperimentResult(n, hostile, hostile, hostile, Verdict("inconclusive", hostile, {"k": hostile}),
+                            {}, [], 0.5, 0, {"n": 1}) for n in ("exp_a", "exp_b")]
+    page = write_html(res, tmp_path / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;" in page
+    for n in ("exp_a", "exp_b"):
+        assert f'<section id="{n}">' in page and f'href="#{n}"' in page
