@@ -1,6 +1,6 @@
 """Advantage estimators: masked GAE, length-adaptive and decoupled GAE, group advantages.
 
-Notation (``/work/shared/spec/algorithms.md``): a batch holds ``B`` responses padded to ``T``
+Notation (docs/algorithms.md, "Notation"): a batch holds ``B`` responses padded to ``T``
 tokens; ``response_mask[i, t] = 1`` for real tokens. ``V[i, t]`` is the critic's value of the
 state *before* token ``t``; the state after the last real token is terminal (value 0).
 
@@ -267,12 +267,13 @@ def masked_gae_reference(
 
 
 # --------------------------------------------------------------------------------------------
-# Length-adaptive and decoupled GAE (VAPO §3; VC-PPO arXiv 2503.01491 §4)
+# Length-adaptive and decoupled GAE (docs/algorithms.md, "Length-adaptive λ", "Decoupled GAE")
 # --------------------------------------------------------------------------------------------
 
 
 def adaptive_lambda(lengths: torch.Tensor, alpha: float = 0.05) -> torch.Tensor:
-    """Length-adaptive GAE lambda (VAPO §3.2): lambda(l) = 1 - 1 / (alpha * l).
+    """Length-adaptive GAE lambda (VAPO, Length-Adaptive GAE; docs/algorithms.md,
+    "Length-adaptive λ"): lambda(l) = 1 - 1 / (alpha * l).
 
     The effective horizon sum_t lambda^t = 1/(1 - lambda) = alpha * l grows with length.
     For l <= 1/alpha the formula gives lambda <= 0; the paper is silent there, so we clamp to
@@ -308,7 +309,8 @@ def decoupled_gae(
     lam_actor: float | torch.Tensor = 0.95,
     lam_critic: float | torch.Tensor = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoupled GAE (VC-PPO §4.2, VAPO §3): two GAE passes over the same TD errors.
+    """Decoupled GAE (VC-PPO and VAPO, Decoupled-GAE; docs/algorithms.md, "Decoupled GAE"):
+    two GAE passes over the same TD errors.
 
     The actor's advantages use ``lam_actor`` (< 1: lower variance); the critic's targets use
     ``lam_critic`` (1.0: unbiased Monte-Carlo targets, so the reward does not decay as
@@ -338,7 +340,8 @@ def _out_dtype(scores: torch.Tensor) -> torch.dtype:
 
 def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_mask: torch.Tensor,
                     eps: float = 1e-6) -> torch.Tensor:
-    """GRPO outcome advantages (DeepSeekMath arXiv 2402.03300 §4.1.2):
+    """GRPO outcome advantages (DeepSeekMath arXiv 2402.03300 §4.1.2; docs/algorithms.md,
+    "Group advantages"):
     A_i = (R_i - mean_g R) / (std_g R + eps), broadcast to every real token of response i.
 
     std is the *unbiased* (n - 1) group standard deviation, as ``torch.std`` in GRPO's
@@ -360,7 +363,7 @@ def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_ma
 
 def dr_grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
                        response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Dr. GRPO advantages (arXiv 2503.20783 §3.2): A_i = R_i - mean_g R (no std division),
+    """Dr. GRPO advantages (arXiv 2503.20783 §3.2; docs/algorithms.md, "Group advantages"): A_i = R_i - mean_g R (no std division),
     broadcast to tokens. Groups of size 1 or with all-equal scores get 0. `eps` is unused
     (kept for a uniform signature). Shapes as `grpo_advantages`."""
     _check_group_inputs(scores, group_index, response_mask, "dr_grpo_advantages")
@@ -371,7 +374,8 @@ def dr_grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
 
 def rloo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
                     response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv 2402.14740 §3):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv 2402.14740 §3; docs/algorithms.md,
+    "Group advantages"):
     A_i = R_i - mean_{j != i, j in g} R_j = n/(n-1) (R_i - mean_g R), broadcast to tokens.
     Groups of size 1 (no other sample for a baseline) or with all-equal scores get 0.
     `eps` is unused. Shapes as `grpo_advantages`."""

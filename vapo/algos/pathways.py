@@ -8,7 +8,7 @@ estimation under sparse terminal reward:
   error profile, not on the answer length as such;
 * the variance of the Monte-Carlo part of GAE is bounded by the variance of the outcome
   (with γ = 1 and a 0/1 reward it is p(1−p) at the prompt, whatever the length), so
-  "short answers are high-variance, long ones high-bias" (VAPO §3.2) holds only through
+  "short answers are high-variance, long ones high-bias" (VAPO, Length-Adaptive GAE) holds only through
   the critic's error profile.
 
 Two estimators follow from this and are registered in
@@ -345,7 +345,7 @@ def gae_error_aware(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     """GAE with a per-sequence, critic-error-aware λ (registered as "gae_error_aware").
 
     Advantages: masked GAE with λ_i = :func:`error_aware_lambda` (per sequence, ``[B]``);
-    returns (critic targets): masked GAE with ``params.lam_critic`` (decoupled GAE, VAPO §3),
+    returns (critic targets): masked GAE with ``params.lam_critic`` (docs/algorithms.md, "Decoupled GAE"),
     γ = ``params.gamma``. ``params.lam_actor`` is ignored (λ is chosen per sequence).
     Extra knobs: ``params.extra["lambda_grid"]``, ``params.extra["min_group_var"]``,
     ``params.extra["noise_var"]`` (None = estimate ε² from the batch).

@@ -2,7 +2,7 @@
 
 A tabular policy cannot generalise by construction (an unseen prompt's parameters are never
 trained), so this experiment uses a *log-linear* softmax policy whose features are shared
-across prompts (theory spec, "Policies"):
+across prompts (docs/theory.md, "Testbed"):
 
     π(a | k, t) ∝ exp θ·φ(k, t, a),   φ(k, t, a) = [x_k ⊗ e_a,  (t/L0)·e_a,  e_a]
 

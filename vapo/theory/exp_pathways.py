@@ -6,7 +6,7 @@ and a tabular softmax policy. Everything is exact: V^π(k, t, ok) = Π_{u≥t} �
 on the correct path and 0 after a mistake, so A^π(s_t, a_t) = V^π(s_{t+1}) − V^π(s_t) (γ = 1,
 deterministic transitions), and ∇J for J = mean_k p_k by autograd.
 
-Controlled critics (theory spec, "Controlled critics"): V̂(s) = V^π(s) + β·min(1, d/D) + η(s),
+Controlled critics (docs/theory.md, "Testbed"): V̂(s) = V^π(s) + β·min(1, d/D) + η(s),
 a bias that grows with the distance d from the end (claim 1) plus state-dependent noise η
 (one fixed draw per state, so all members of a group share V̂ at shared states).
 

@@ -2,7 +2,7 @@
 
 Every experiment states, *before* it computes anything,
 
-* ``claim``           the statement under test (one line, from docs/theory.md / spec),
+* ``claim``           the statement under test (one line, from docs/theory.md),
 * ``hypothesis``      what we expect to measure if the claim holds,
 * ``decision_rule``   the rule as text, and ``decide(results) -> Verdict`` the same rule as code.
 

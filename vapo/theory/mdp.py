@@ -1,6 +1,6 @@
 """Exact token MDPs with sparse terminal reward, and their dynamic-programming ground truth.
 
-The testbed of the theory lab (docs/theory.md, spec "The testbed: exact token MDPs").
+The testbed of the theory lab (docs/theory.md, "Testbed").
 
 Model
 -----
