@@ -36,23 +36,6 @@ from vapo.algos import dr_grpo_advantages, policy_loss_clip, positive_nll_loss
 from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
 from vapo.theory.mdp import ChainMDP, make_chain
 
-HYPOTHESIS = (
-    "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
-    "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "
-    "success; the positive-example NLL term raises final success; group sampling beats "
-    "single samples at an equal sample budget."
-)
-
-DECISION_RULE = (
-    "Part A holds if every (p, G) cell's simulated zero-signal fraction is within 4.5 binomial "
-    "standard errors of the formula. Each part-B comparison is 'supported' if the difference "
-    "(in the claimed direction) exceeds 2 standard errors of the difference over seeds, "
-    "'refuted' if it exceeds 2 SE in the opposite direction, else 'inconclusive'. "
-    "Verdict: refuted if part A fails or a majority of the 3 part-B comparisons is refuted; "
-    "supported if part A holds and at least 2 of the 3 part-B comparisons are supported; "
-    "otherwise inconclusive."
-)
-
 Z_FORMULA = 4.5
 Z_COMPARE = 2.0
 
@@ -178,69 +161,12 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def rule(formula_max_abs_z: float, calls: list[str]) -> str:
-    """The decision rule (DECISION_RULE) as code: part-A worst |z| and the 3 part-B calls."""
+    """The decision rule as code: part-A worst |z| and the 3 part-B calls."""
     if formula_max_abs_z > Z_FORMULA or sum(c == "refuted" for c in calls) * 2 > len(calls):
         return "refuted"
     if sum(c == "supported" for c in calls) >= 2:
         return "supported"
     return "inconclusive"
-
-
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
-                    vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=4, lr=0.3)
-    return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
-                n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
-                seeds=list(range(8)), inner_epochs=4, lr=0.3)
-
-
-def compute(sz: dict, seed: int = 0) -> dict:
-    """Run both parts; return a JSON-able dict of evidence (no verdict)."""
-    part_a = check_zero_signal(sz["ps"], sz["group_sizes"], sz["n_groups"], seed)
-    mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
-    runs: dict[str, dict] = {}
-    for cond in CONDITIONS:
-        per_seed = [
-            train_ppo(mdp, cond, steps=sz["steps"], budget=sz["budget"], lr=sz["lr"],
-                      inner_epochs=sz["inner_epochs"], seed=1000 * seed + s)
-            for s in sz["seeds"]
-        ]
-        succ = np.array([r["success"] for r in per_seed])  # [S, steps]
-        ent = np.array([r["entropy"] for r in per_seed])
-        runs[cond.name] = {
-            "condition": asdict(cond),
-            "final_success": succ[:, -1].tolist(),
-            "final_entropy": ent[:, -1].tolist(),
-            "success_mean_curve": succ.mean(0).tolist(),
-            "entropy_mean_curve": ent.mean(0).tolist(),
-        }
-    fs = {k: np.array(v["final_success"]) for k, v in runs.items()}
-    fe = {k: np.array(v["final_entropy"]) for k, v in runs.items()}
-    comparisons = {
-        "clip_higher_entropy": _compare(fe["eps0.28"], fe["eps0.20"]),
-        "clip_higher_success": _compare(fs["eps0.28"], fs["eps0.20"]),
-        "nll_success": _compare(fs["eps0.28+nll"], fs["eps0.28"]),
-        "nll_entropy": _compare(fe["eps0.28+nll"], fe["eps0.28"]),
-        "group_vs_single_batch": _compare(fs["eps0.28"], fs["single-batch"]),
-        "group_vs_single_exactV": _compare(fs["eps0.28"], fs["single-exactV"]),
-    }
-    # Clip-higher counts as supported only if entropy is higher AND success is not lower.
-    ch = comparisons["clip_higher_entropy"]["call"]
-    if ch == "supported" and comparisons["clip_higher_success"]["call"] == "refuted":
-        ch = "refuted"
-    calls = {"clip_higher": ch, "nll": comparisons["nll_success"]["call"],
-             "group_sampling": comparisons["group_vs_single_batch"]["call"]}
-    return {
-        "sizes": sz,
-        "seed": seed,
-        "initial_success": float(mdp.success(mdp.init_logits).mean()),
-        "initial_entropy": mdp.entropy(mdp.init_logits),
-        "zero_signal": part_a,
-        "runs": runs,
-        "comparisons": comparisons,
-        "calls": calls,
-    }
 
 
 def summarize(res: dict) -> dict:
@@ -280,14 +206,76 @@ def plot(res: dict, path: Path) -> Path:
 @register_experiment("exploration")
 class Exploration(Experiment):
     claim = "Claim 5 — exploration under sparse reward (theory lab, docs/theory_part2.md)."
-    hypothesis = HYPOTHESIS
-    decision_rule = DECISION_RULE
+    hypothesis = (
+        "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
+        "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "
+        "success; the positive-example NLL term raises final success; group sampling beats "
+        "single samples at an equal sample budget."
+    )
+    decision_rule = (
+        "Part A holds if every (p, G) cell's simulated zero-signal fraction is within 4.5 binomial "
+        "standard errors of the formula. Each part-B comparison is 'supported' if the difference "
+        "(in the claimed direction) exceeds 2 standard errors of the difference over seeds, "
+        "'refuted' if it exceeds 2 SE in the opposite direction, else 'inconclusive'. "
+        "Verdict: refuted if part A fails or a majority of the 3 part-B comparisons is refuted; "
+        "supported if part A holds and at least 2 of the 3 part-B comparisons are supported; "
+        "otherwise inconclusive."
+    )
 
     def sizes(self, quick: bool) -> dict:
-        return sizes(quick)
+        if quick:
+            return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
+                        vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=4, lr=0.3)
+        return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
+                    n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
+                    seeds=list(range(8)), inner_epochs=4, lr=0.3)
 
-    def compute(self, sizes: dict, seed: int) -> dict:
-        return compute(sizes, seed)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Run both parts; return a JSON-able dict of evidence (no verdict)."""
+        part_a = check_zero_signal(sz["ps"], sz["group_sizes"], sz["n_groups"], seed)
+        mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
+        runs: dict[str, dict] = {}
+        for cond in CONDITIONS:
+            per_seed = [
+                train_ppo(mdp, cond, steps=sz["steps"], budget=sz["budget"], lr=sz["lr"],
+                          inner_epochs=sz["inner_epochs"], seed=1000 * seed + s)
+                for s in sz["seeds"]
+            ]
+            succ = np.array([r["success"] for r in per_seed])  # [S, steps]
+            ent = np.array([r["entropy"] for r in per_seed])
+            runs[cond.name] = {
+                "condition": asdict(cond),
+                "final_success": succ[:, -1].tolist(),
+                "final_entropy": ent[:, -1].tolist(),
+                "success_mean_curve": succ.mean(0).tolist(),
+                "entropy_mean_curve": ent.mean(0).tolist(),
+            }
+        fs = {k: np.array(v["final_success"]) for k, v in runs.items()}
+        fe = {k: np.array(v["final_entropy"]) for k, v in runs.items()}
+        comparisons = {
+            "clip_higher_entropy": _compare(fe["eps0.28"], fe["eps0.20"]),
+            "clip_higher_success": _compare(fs["eps0.28"], fs["eps0.20"]),
+            "nll_success": _compare(fs["eps0.28+nll"], fs["eps0.28"]),
+            "nll_entropy": _compare(fe["eps0.28+nll"], fe["eps0.28"]),
+            "group_vs_single_batch": _compare(fs["eps0.28"], fs["single-batch"]),
+            "group_vs_single_exactV": _compare(fs["eps0.28"], fs["single-exactV"]),
+        }
+        # Clip-higher counts as supported only if entropy is higher AND success is not lower.
+        ch = comparisons["clip_higher_entropy"]["call"]
+        if ch == "supported" and comparisons["clip_higher_success"]["call"] == "refuted":
+            ch = "refuted"
+        calls = {"clip_higher": ch, "nll": comparisons["nll_success"]["call"],
+                 "group_sampling": comparisons["group_vs_single_batch"]["call"]}
+        return {
+            "sizes": sz,
+            "seed": seed,
+            "initial_success": float(mdp.success(mdp.init_logits).mean()),
+            "initial_entropy": mdp.entropy(mdp.init_logits),
+            "zero_signal": part_a,
+            "runs": runs,
+            "comparisons": comparisons,
+            "calls": calls,
+        }
 
     def decide(self, results: dict) -> Verdict:
         z = results["zero_signal"]["max_abs_z"]

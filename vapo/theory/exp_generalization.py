@@ -43,22 +43,6 @@ from vapo.theory.framework import (
 )
 from vapo.theory.mdp import LogLinearChain, make_loglinear_chain
 
-HYPOTHESIS = (
-    "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
-    "success gap that shrinks as N grows, while success on unseen longer answers falls with "
-    "the extrapolation length (per-token errors compound); the critic's error on unseen "
-    "prompts tracks the policy's gap."
-)
-
-DECISION_RULE = (
-    "prompt_ok: mean gap at the largest N < 0.5 x mean gap at the smallest N, and the gap at "
-    "the smallest N exceeds 2 standard errors (a gap exists to shrink). length_ok: test success "
-    "at the longest length is below test success at the training length scale L0 by > 0.1 "
-    "(absolute). Verdict: supported if both; refuted if neither; inconclusive otherwise. "
-    "The critic relation (Spearman rho of critic test RMSE vs policy gap over (N, seed)) is "
-    "reported as evidence, not part of the verdict."
-)
-
 L0 = 6  # training length scale: train lengths in [2, L0]
 
 
@@ -87,61 +71,11 @@ def critic_errors(theta: torch.Tensor, train: LogLinearChain, test: LogLinearCha
     return rm(xtr, ytr), rm(xte, yte)
 
 
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(n_train=[2, 32], n_test=64, test_lengths=[L0, 24], seeds=[0, 1, 2], steps=150,
-                    lr=0.1, vocab=3, d=6)
-    return dict(n_train=[2, 4, 8, 16, 32, 64, 128], n_test=256, test_lengths=[2, 4, L0, 9, 12, 18, 24, 36, 48],
-                seeds=list(range(6)), steps=400, lr=0.1, vocab=3, d=6)
-
-
 def spearman(a, b) -> float:
     """Spearman rank correlation (scipy); NaN when either input is constant."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(stats.spearmanr(a, b).statistic)
-
-
-def compute(sz: dict, seed: int = 0) -> dict:
-    """Train per (seed, N); exact success, gaps, length extrapolation, critic errors (no verdict)."""
-    max_len = max(sz["test_lengths"] + [L0])
-    rows = []
-    for s in sz["seeds"]:
-        g = torch.Generator().manual_seed(10_000 * seed + s)
-        rule_a = torch.randn(sz["vocab"], sz["d"], generator=g, dtype=torch.float64)
-        rule_b = torch.randn(sz["vocab"], generator=g, dtype=torch.float64)
-        test_same = make_loglinear_chain(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
-        test_len = {lt: make_loglinear_chain(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
-                    for lt in sz["test_lengths"]}
-        for n in sz["n_train"]:
-            train = make_loglinear_chain(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
-            theta = train_policy(train, sz["steps"], sz["lr"])
-            tr = float(train.success(theta).mean())
-            te = float(test_same.success(theta).mean())
-            c_tr, c_te = critic_errors(theta, train, test_same)
-            rows.append({
-                "seed": s, "n_train": n, "train_success": tr, "test_success": te, "gap": tr - te,
-                "critic_rmse_train": c_tr, "critic_rmse_test": c_te,
-                "test_success_by_length": {str(lt): float(p.success(theta).mean()) for lt, p in test_len.items()},
-            })
-    ns = sz["n_train"]
-    by_n = {}
-    for n in ns:
-        sel = [r for r in rows if r["n_train"] == n]
-        gaps = np.array([r["gap"] for r in sel])
-        by_n[str(n)] = {
-            "gap": float(gaps.mean()), "gap_se": float(gaps.std(ddof=1) / math.sqrt(len(gaps))),
-            "train_success": float(np.mean([r["train_success"] for r in sel])),
-            "test_success": float(np.mean([r["test_success"] for r in sel])),
-            "critic_rmse_train": float(np.mean([r["critic_rmse_train"] for r in sel])),
-            "critic_rmse_test": float(np.mean([r["critic_rmse_test"] for r in sel])),
-        }
-    big = [r for r in rows if r["n_train"] == ns[-1]]
-    by_len = {str(lt): float(np.mean([r["test_success_by_length"][str(lt)] for r in big]))
-              for lt in sz["test_lengths"]}
-    rho = spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
-    return {"sizes": sz, "seed": seed, "L0": L0, "rows": rows, "by_n": by_n,
-            "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho}
 
 
 def evidence(res: dict) -> dict:
@@ -157,7 +91,7 @@ def evidence(res: dict) -> dict:
 
 
 def rule(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code on the deciding numbers. Returns (status, the two sub-calls)."""
+    """The decision rule as code on the deciding numbers. Returns (status, the two sub-calls)."""
     prompt_ok = ev["gap_small_n"] > 2 * ev["gap_small_n_se"] and ev["gap_large_n"] < 0.5 * ev["gap_small_n"]
     length_ok = ev["success_at_L0"] - ev["success_at_longest"] > 0.1
     verdict = "supported" if prompt_ok and length_ok else "refuted" if not (prompt_ok or length_ok) else "inconclusive"
@@ -189,14 +123,68 @@ def plot(res: dict, path: Path) -> Path:
 @register_experiment("generalization")
 class Generalization(Experiment):
     claim = "Claim 4 — generalisation to unseen prompts and to longer answers (docs/theory_part2.md)."
-    hypothesis = HYPOTHESIS
-    decision_rule = DECISION_RULE
+    hypothesis = (
+        "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
+        "success gap that shrinks as N grows, while success on unseen longer answers falls with "
+        "the extrapolation length (per-token errors compound); the critic's error on unseen "
+        "prompts tracks the policy's gap."
+    )
+    decision_rule = (
+        "prompt_ok: mean gap at the largest N < 0.5 x mean gap at the smallest N, and the gap at "
+        "the smallest N exceeds 2 standard errors (a gap exists to shrink). length_ok: test success "
+        "at the longest length is below test success at the training length scale L0 by > 0.1 "
+        "(absolute). Verdict: supported if both; refuted if neither; inconclusive otherwise. "
+        "The critic relation (Spearman rho of critic test RMSE vs policy gap over (N, seed)) is "
+        "reported as evidence, not part of the verdict."
+    )
 
     def sizes(self, quick: bool) -> dict:
-        return sizes(quick)
+        if quick:
+            return dict(n_train=[2, 32], n_test=64, test_lengths=[L0, 24], seeds=[0, 1, 2], steps=150,
+                        lr=0.1, vocab=3, d=6)
+        return dict(n_train=[2, 4, 8, 16, 32, 64, 128], n_test=256, test_lengths=[2, 4, L0, 9, 12, 18, 24, 36, 48],
+                    seeds=list(range(6)), steps=400, lr=0.1, vocab=3, d=6)
 
-    def compute(self, sizes: dict, seed: int) -> dict:
-        return compute(sizes, seed)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Train per (seed, N); exact success, gaps, length extrapolation, critic errors (no verdict)."""
+        max_len = max(sz["test_lengths"] + [L0])
+        rows = []
+        for s in sz["seeds"]:
+            g = torch.Generator().manual_seed(10_000 * seed + s)
+            rule_a = torch.randn(sz["vocab"], sz["d"], generator=g, dtype=torch.float64)
+            rule_b = torch.randn(sz["vocab"], generator=g, dtype=torch.float64)
+            test_same = make_loglinear_chain(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+            test_len = {lt: make_loglinear_chain(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+                        for lt in sz["test_lengths"]}
+            for n in sz["n_train"]:
+                train = make_loglinear_chain(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+                theta = train_policy(train, sz["steps"], sz["lr"])
+                tr = float(train.success(theta).mean())
+                te = float(test_same.success(theta).mean())
+                c_tr, c_te = critic_errors(theta, train, test_same)
+                rows.append({
+                    "seed": s, "n_train": n, "train_success": tr, "test_success": te, "gap": tr - te,
+                    "critic_rmse_train": c_tr, "critic_rmse_test": c_te,
+                    "test_success_by_length": {str(lt): float(p.success(theta).mean()) for lt, p in test_len.items()},
+                })
+        ns = sz["n_train"]
+        by_n = {}
+        for n in ns:
+            sel = [r for r in rows if r["n_train"] == n]
+            gaps = np.array([r["gap"] for r in sel])
+            by_n[str(n)] = {
+                "gap": float(gaps.mean()), "gap_se": float(gaps.std(ddof=1) / math.sqrt(len(gaps))),
+                "train_success": float(np.mean([r["train_success"] for r in sel])),
+                "test_success": float(np.mean([r["test_success"] for r in sel])),
+                "critic_rmse_train": float(np.mean([r["critic_rmse_train"] for r in sel])),
+                "critic_rmse_test": float(np.mean([r["critic_rmse_test"] for r in sel])),
+            }
+        big = [r for r in rows if r["n_train"] == ns[-1]]
+        by_len = {str(lt): float(np.mean([r["test_success_by_length"][str(lt)] for r in big]))
+                  for lt in sz["test_lengths"]}
+        rho = spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
+        return {"sizes": sz, "seed": seed, "L0": L0, "rows": rows, "by_n": by_n,
+                "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho}
 
     def decide(self, results: dict) -> Verdict:
         ev = evidence(results)

@@ -29,20 +29,6 @@ from vapo.algos import AdvantageInput, AdvantageParams, get_advantage_estimator
 from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
 from vapo.theory.mdp import ChainMDP, make_chain
 
-HYPOTHESIS = (
-    "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
-    "advantages better than VAPO's adaptive lambda and fixed lambda = 0.95 on the exact testbed."
-)
-
-DECISION_RULE = (
-    "A pathway is 'kept' on the testbed iff (a) its MSE against A^pi, averaged over the critic "
-    "conditions, is below both baselines' (adaptive lambda, lambda = 0.95) and (b) its mean "
-    "cosine to the exact grad J is not below the better baseline's by more than 2 standard "
-    "errors of the paired per-batch difference. Verdict: supported if >= 1 pathway is kept; "
-    "refuted if no pathway is kept and every pathway is worse than the better baseline on both "
-    "metrics; inconclusive otherwise."
-)
-
 BASELINES = {
     "gae_fixed_0.95": ("gae", dict(lam_actor=0.95)),
     "gae_adaptive": ("gae", dict(lam_actor=None, alpha=0.05)),
@@ -102,30 +88,6 @@ CRITICS = {  # name: (bias β at distance ≥ horizon, noise std)
 }
 
 
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(n_prompts_mdp=8, max_len=48, vocab=4, batches=4, n_prompts=4, group=4, horizon=24)
-    return dict(n_prompts_mdp=32, max_len=512, vocab=4, batches=24, n_prompts=8, group=8, horizon=128)
-
-
-def compute(sz: dict, seed: int = 0) -> dict:
-    """Per critic condition and sampled batch: every estimator's MSE and cosine (no verdict)."""
-    mdp = make_chain(sz["n_prompts_mdp"], sz["max_len"], sz["vocab"], (0.05, 0.8), seed)
-    logits = mdp.init_logits
-    v_exact = mdp.values(logits)
-    names = list(BASELINES) + list(PATHWAYS)
-    per_critic = {}
-    for ci, (cname, (beta, sd)) in enumerate(CRITICS.items()):
-        g = torch.Generator().manual_seed(100 * seed + ci)
-        noise = (sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64),
-                 sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64))
-        res = [evaluate_batch(logits, mdp, v_exact, noise, beta, sz["horizon"], sz["n_prompts"], sz["group"], g)
-               for _ in range(sz["batches"])]
-        per_critic[cname] = {n: {"mse": [r[n][0] for r in res], "cos": [r[n][1] for r in res]} for n in names}
-    return {"sizes": sz, "seed": seed, "critics": CRITICS, "per_critic": per_critic,
-            "lengths": mdp.lengths.tolist()}
-
-
 def evidence(res: dict) -> dict:
     """Per estimator: mean MSE and mean cosine over critics; paired cosine differences vs the
     better baseline (per batch, pooled over critics)."""
@@ -150,7 +112,7 @@ def evidence(res: dict) -> dict:
 
 
 def rule(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code on the deciding numbers. Returns (status, {pathway: kept?})."""
+    """The decision rule as code on the deciding numbers. Returns (status, {pathway: kept?})."""
     s = ev["summary"]
     best_mse = min(ev["baseline_mse"].values())
     best_cos = max(ev["baseline_cos"].values())
@@ -192,14 +154,40 @@ def plot(res: dict, ev: dict, path: Path) -> Path:
 @register_experiment("pathways")
 class Pathways(Experiment):
     claim = "Claim 6 — improvement pathways beyond VAPO, evaluated on an exact testbed (docs/theory_part2.md)."
-    hypothesis = HYPOTHESIS
-    decision_rule = DECISION_RULE
+    hypothesis = (
+        "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
+        "advantages better than VAPO's adaptive lambda and fixed lambda = 0.95 on the exact testbed."
+    )
+    decision_rule = (
+        "A pathway is 'kept' on the testbed iff (a) its MSE against A^pi, averaged over the critic "
+        "conditions, is below both baselines' (adaptive lambda, lambda = 0.95) and (b) its mean "
+        "cosine to the exact grad J is not below the better baseline's by more than 2 standard "
+        "errors of the paired per-batch difference. Verdict: supported if >= 1 pathway is kept; "
+        "refuted if no pathway is kept and every pathway is worse than the better baseline on both "
+        "metrics; inconclusive otherwise."
+    )
 
     def sizes(self, quick: bool) -> dict:
-        return sizes(quick)
+        if quick:
+            return dict(n_prompts_mdp=8, max_len=48, vocab=4, batches=4, n_prompts=4, group=4, horizon=24)
+        return dict(n_prompts_mdp=32, max_len=512, vocab=4, batches=24, n_prompts=8, group=8, horizon=128)
 
-    def compute(self, sizes: dict, seed: int) -> dict:
-        return compute(sizes, seed)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Per critic condition and sampled batch: every estimator's MSE and cosine (no verdict)."""
+        mdp = make_chain(sz["n_prompts_mdp"], sz["max_len"], sz["vocab"], (0.05, 0.8), seed)
+        logits = mdp.init_logits
+        v_exact = mdp.values(logits)
+        names = list(BASELINES) + list(PATHWAYS)
+        per_critic = {}
+        for ci, (cname, (beta, sd)) in enumerate(CRITICS.items()):
+            g = torch.Generator().manual_seed(100 * seed + ci)
+            noise = (sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64),
+                     sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64))
+            res = [evaluate_batch(logits, mdp, v_exact, noise, beta, sz["horizon"], sz["n_prompts"], sz["group"], g)
+                   for _ in range(sz["batches"])]
+            per_critic[cname] = {n: {"mse": [r[n][0] for r in res], "cos": [r[n][1] for r in res]} for n in names}
+        return {"sizes": sz, "seed": seed, "critics": CRITICS, "per_critic": per_critic,
+                "lengths": mdp.lengths.tolist()}
 
     def decide(self, results: dict) -> Verdict:
         ev = evidence(results)
