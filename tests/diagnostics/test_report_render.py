@@ -12,7 +12,9 @@ import pytest
 
 from vapo.diagnostics.report import SECTIONS, render_html, write_outputs
 
-FIXTURE = Path(__file__).with_name("report_fixture_vapo.json")  # a micro vapo run, step 2
+HERE = Path(__file__).parent
+FIXTURE = HERE / "report_fixture_vapo.json"  # diagnostics.json of a micro vapo run, step 2
+FIXTURE_NO_CRITIC = HERE / "report_fixture_grpo.json"  # the same for a critic-free grpo run
 HOSTILE = "<script>alert('x')</script>&<b>"
 
 
@@ -31,6 +33,16 @@ def test_every_section_with_its_finding_plots_and_tables(result):
         assert '<img alt="' in body and 'src="data:image/png;base64,' in body, key
         assert "<table>" in body and "<td>" in body, key
     assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_critic_free_run_renders_every_section():
+    page = render_html(json.loads(FIXTURE_NO_CRITIC.read_text()))
+    critic = re.search(r'<section id="sec-critic">(.*?)</section>', page, re.S).group(1)
+    assert "No critic in this run (critic-free preset)." in critic and "<img" not in critic
+    adv = re.search(r'<section id="sec-advantage">(.*?)</section>', page, re.S).group(1)
+    assert "No critic in this run: GAE rows are absent" in adv and "<td>grpo</td>" in adv
+    for key, _, _ in SECTIONS:
+        assert f'<section id="sec-{key}">' in page
 
 
 def test_hostile_strings_are_escaped(result):
