@@ -205,7 +205,7 @@ def plot(res: dict, path: Path) -> Path:
 
 @register_experiment("exploration")
 class Exploration(Experiment):
-    claim = "Claim 5 — exploration under sparse reward (theory lab, docs/theory_part2.md)."
+    claim = "Clip-higher, the positive-example NLL and group sampling help exploration under sparse reward (theory_part2.md claim 5)."
     hypothesis = (
         "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
         "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "

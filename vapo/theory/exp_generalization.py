@@ -122,7 +122,7 @@ def plot(res: dict, path: Path) -> Path:
 
 @register_experiment("generalization")
 class Generalization(Experiment):
-    claim = "Claim 4 — generalisation to unseen prompts and to longer answers (docs/theory_part2.md)."
+    claim = "A policy trained on few prompts generalises to unseen prompts and to longer answers (theory_part2.md claim 4)."
     hypothesis = (
         "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
         "success gap that shrinks as N grows, while success on unseen longer answers falls with "

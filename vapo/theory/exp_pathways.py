@@ -153,7 +153,7 @@ def plot(res: dict, ev: dict, path: Path) -> Path:
 
 @register_experiment("pathways")
 class Pathways(Experiment):
-    claim = "Claim 6 — improvement pathways beyond VAPO, evaluated on an exact testbed (docs/theory_part2.md)."
+    claim = "Advantage estimators beyond VAPO's improve on it on an exact testbed (theory_part2.md claim 6)."
     hypothesis = (
         "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
         "advantages better than VAPO's adaptive lambda and fixed lambda = 0.95 on the exact testbed."
