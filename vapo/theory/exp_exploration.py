@@ -182,27 +182,6 @@ def summarize(res: dict) -> dict:
     return out
 
 
-def plot(res: dict, path: Path) -> Path:
-    """Zero-signal formula vs simulation, and success/entropy curves per condition."""
-    fig, ax = new_figure(3, 1, size=(4.7, 4.0))
-    ax = ax[0]
-    rows = res["zero_signal"]["rows"]
-    for g in sorted({r["G"] for r in rows}):
-        sel = [r for r in rows if r["G"] == g]
-        ax[0].plot([r["p"] for r in sel], [r["formula"] for r in sel], "-", label=f"G={g}")
-        ax[0].plot([r["p"] for r in sel], [r["simulated"] for r in sel], "k.", ms=4)
-    ax[0].set(xlabel="success probability p", ylabel="zero-signal fraction",
-              title="p^G + (1-p)^G (lines) vs simulation (dots)")
-    ax[0].legend(fontsize=7)
-    for name, r in res["runs"].items():
-        ax[1].plot(r["success_mean_curve"], label=name)
-        ax[2].plot(r["entropy_mean_curve"], label=name)
-    ax[1].set(xlabel="PPO step", ylabel="exact success (mean over prompts)", title="success")
-    ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
-    ax[1].legend(fontsize=7)
-    return save_figure(fig, path)
-
-
 @register_experiment("exploration")
 class Exploration(Experiment):
     claim = "Clip-higher, the positive-example NLL and group sampling help exploration under sparse reward (theory_part2.md claim 5)."
@@ -289,4 +268,21 @@ class Exploration(Experiment):
                                       "summary": summ})
 
     def plot(self, results: dict, out_dir: Path) -> list[Path]:
-        return [plot(results, Path(out_dir) / "exploration.png")]
+        """Zero-signal formula vs simulation, and success/entropy curves per condition."""
+        fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+        ax = ax[0]
+        rows = results["zero_signal"]["rows"]
+        for g in sorted({r["G"] for r in rows}):
+            sel = [r for r in rows if r["G"] == g]
+            ax[0].plot([r["p"] for r in sel], [r["formula"] for r in sel], "-", label=f"G={g}")
+            ax[0].plot([r["p"] for r in sel], [r["simulated"] for r in sel], "k.", ms=4)
+        ax[0].set(xlabel="success probability p", ylabel="zero-signal fraction",
+                  title="p^G + (1-p)^G (lines) vs simulation (dots)")
+        ax[0].legend(fontsize=7)
+        for name, r in results["runs"].items():
+            ax[1].plot(r["success_mean_curve"], label=name)
+            ax[2].plot(r["entropy_mean_curve"], label=name)
+        ax[1].set(xlabel="PPO step", ylabel="exact success (mean over prompts)", title="success")
+        ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
+        ax[1].legend(fontsize=7)
+        return [save_figure(fig, Path(out_dir) / "exploration.png")]

@@ -98,28 +98,6 @@ def rule(ev: dict) -> tuple[str, dict]:
     return verdict, {"prompt_ok": bool(prompt_ok), "length_ok": bool(length_ok)}
 
 
-def plot(res: dict, path: Path) -> Path:
-    fig, ax = new_figure(3, 1, size=(4.7, 4.0))
-    ax = ax[0]
-    ns = res["sizes"]["n_train"]
-    bn = res["by_n"]
-    ax[0].plot(ns, [bn[str(n)]["train_success"] for n in ns], "o-", label="train prompts")
-    ax[0].plot(ns, [bn[str(n)]["test_success"] for n in ns], "s-", label="unseen prompts")
-    ax[0].set(xscale="log", xlabel="number of training prompts N", ylabel="exact success", title="prompt generalisation")
-    ax[0].legend()
-    lens = res["sizes"]["test_lengths"]
-    ax[1].plot(lens, [res["by_length_at_max_n"][str(lt)] for lt in lens], "o-")
-    ax[1].axvspan(2, res["L0"], alpha=0.15, label="training lengths")
-    ax[1].set(xlabel="answer length (unseen prompts)", ylabel="exact success",
-              title=f"length extrapolation (N={ns[-1]})")
-    ax[1].legend()
-    ax[2].scatter([r["critic_rmse_test"] for r in res["rows"]], [r["gap"] for r in res["rows"]],
-                  c=np.log2([r["n_train"] for r in res["rows"]]), cmap="viridis")
-    ax[2].set(xlabel="critic RMSE on unseen prompts", ylabel="policy train-test gap",
-              title=f"Spearman rho = {fmt(res['spearman_critic_test_rmse_vs_gap'], '.2f')}")
-    return save_figure(fig, path)
-
-
 @register_experiment("generalization")
 class Generalization(Experiment):
     claim = "A policy trained on few prompts generalises to unseen prompts and to longer answers (theory_part2.md claim 4)."
@@ -198,4 +176,22 @@ class Generalization(Experiment):
         return Verdict(status, line, {**ev, **calls})
 
     def plot(self, results: dict, out_dir: Path) -> list[Path]:
-        return [plot(results, Path(out_dir) / "generalization.png")]
+        fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+        ax = ax[0]
+        ns = results["sizes"]["n_train"]
+        bn = results["by_n"]
+        ax[0].plot(ns, [bn[str(n)]["train_success"] for n in ns], "o-", label="train prompts")
+        ax[0].plot(ns, [bn[str(n)]["test_success"] for n in ns], "s-", label="unseen prompts")
+        ax[0].set(xscale="log", xlabel="number of training prompts N", ylabel="exact success", title="prompt generalisation")
+        ax[0].legend()
+        lens = results["sizes"]["test_lengths"]
+        ax[1].plot(lens, [results["by_length_at_max_n"][str(lt)] for lt in lens], "o-")
+        ax[1].axvspan(2, results["L0"], alpha=0.15, label="training lengths")
+        ax[1].set(xlabel="answer length (unseen prompts)", ylabel="exact success",
+                  title=f"length extrapolation (N={ns[-1]})")
+        ax[1].legend()
+        ax[2].scatter([r["critic_rmse_test"] for r in results["rows"]], [r["gap"] for r in results["rows"]],
+                      c=np.log2([r["n_train"] for r in results["rows"]]), cmap="viridis")
+        ax[2].set(xlabel="critic RMSE on unseen prompts", ylabel="policy train-test gap",
+                  title=f"Spearman rho = {fmt(results['spearman_critic_test_rmse_vs_gap'], '.2f')}")
+        return [save_figure(fig, Path(out_dir) / "generalization.png")]

@@ -131,26 +131,6 @@ def rule(ev: dict) -> tuple[str, dict]:
     return verdict, kept
 
 
-def plot(res: dict, ev: dict, path: Path) -> Path:
-    s = ev["summary"]
-    critics = list(res["per_critic"])
-    names = list(s)
-    fig, ax = new_figure(2, 1, size=(6.5, 4.0))
-    ax = ax[0]
-    w = 0.8 / len(names)
-    for j, n in enumerate(names):
-        xs = np.arange(len(critics)) + j * w
-        ax[0].bar(xs, [s[n]["mse_by_critic"][c] for c in critics], w, label=n)
-        ax[1].bar(xs, [s[n]["cos_by_critic"][c] for c in critics], w, label=n)
-    for a, t in zip(ax, ["MSE vs exact A^pi (lower is better)", "cosine to exact grad J (higher is better)"], strict=True):
-        a.set_xticks(np.arange(len(critics)) + 0.4 - w / 2)
-        a.set_xticklabels(critics, rotation=15, fontsize=8)
-        a.set_title(t)
-    ax[0].set_yscale("log")
-    ax[0].legend(fontsize=7)
-    return save_figure(fig, path)
-
-
 @register_experiment("pathways")
 class Pathways(Experiment):
     claim = "Advantage estimators beyond VAPO's improve on it on an exact testbed (theory_part2.md claim 6)."
@@ -198,4 +178,21 @@ class Pathways(Experiment):
         return Verdict(status, line, {"kept_on_testbed": kept, **ev})
 
     def plot(self, results: dict, out_dir: Path) -> list[Path]:
-        return [plot(results, evidence(results), Path(out_dir) / "pathways.png")]
+        ev = evidence(results)
+        s = ev["summary"]
+        critics = list(results["per_critic"])
+        names = list(s)
+        fig, ax = new_figure(2, 1, size=(6.5, 4.0))
+        ax = ax[0]
+        w = 0.8 / len(names)
+        for j, n in enumerate(names):
+            xs = np.arange(len(critics)) + j * w
+            ax[0].bar(xs, [s[n]["mse_by_critic"][c] for c in critics], w, label=n)
+            ax[1].bar(xs, [s[n]["cos_by_critic"][c] for c in critics], w, label=n)
+        for a, t in zip(ax, ["MSE vs exact A^pi (lower is better)", "cosine to exact grad J (higher is better)"], strict=True):
+            a.set_xticks(np.arange(len(critics)) + 0.4 - w / 2)
+            a.set_xticklabels(critics, rotation=15, fontsize=8)
+            a.set_title(t)
+        ax[0].set_yscale("log")
+        ax[0].legend(fontsize=7)
+        return [save_figure(fig, Path(out_dir) / "pathways.png")]
