@@ -245,3 +245,14 @@ def test_vapo_loss_applies_rollout_is_weights_as_verl():
     torch.testing.assert_close(ours, ref)
     plain, _ = vapo_policy_loss(old, new, adv, mask, "token-mean", cfg, None)
     assert not torch.allclose(ours, plain)
+
+
+def test_run_script_overrides_compose_on_the_recipe_config():
+    """Every key the run script sets exists in the composed config (a typo would fail here)."""
+    import re
+
+    script = (RECIPE_CONFIG.parent / "run_vapo_qwen2.5_0.5b_gsm8k.sh").read_text()
+    keys = re.findall(r"^\s+([a-z_][\w.]*)=", script, flags=re.M)
+    assert "actor_rollout_ref.model.path" in keys and len(keys) > 10
+    cfg = recipe_config(*[f"{k}=1" for k in keys if k != "trainer.logger"])
+    assert cfg.actor_rollout_ref.model.path == 1
