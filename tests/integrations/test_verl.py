@@ -3,6 +3,7 @@
 RayVAPOTrainer's advantage step (run through verl's module-level compute_advantage, as fit runs
 it) equals vapo.algos on the same tensors, and verl's GAE when lambda_actor = lambda_critic."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def recipe_config(*overrides: str):
     with initialize_config_dir(config_dir=str(RECIPE_CONFIG), version_base=None):
         return compose(config_name="vapo_trainer",
                        overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", *overrides])
+
+
+BASE = recipe_config()
+
+
+def with_values(config, values: dict):
+    """A copy of `config` with existing keys set (composing anew is slow for property tests)."""
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(config)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
 
 
 def trainer_with(config) -> RayVAPOTrainer:
@@ -170,8 +184,8 @@ def test_trainer_step_equals_verl_gae_when_lambdas_are_equal(b, t, lam, seed, wh
     data = random_batch(b, t, seed)
     if int(ray_trainer.compute_response_mask(data).sum()) < 2:
         return  # verl's whitening needs two tokens
-    ours_cfg = recipe_config(f"vapo.lam_actor={lam}", f"vapo.lam_critic={lam}", f"vapo.whiten={whiten}")
-    verl_cfg = recipe_config("algorithm.adv_estimator=gae", f"algorithm.lam={lam}")
+    ours_cfg = with_values(BASE, {"vapo.lam_actor": lam, "vapo.lam_critic": lam, "vapo.whiten": whiten})
+    verl_cfg = with_values(BASE, {"algorithm.adv_estimator": "gae", "algorithm.lam": lam})
     ref = verl_step(random_batch(b, t, seed), verl_cfg)
     ref_adv, ref_ret = ref.batch["advantages"], ref.batch["returns"]
     with trainer_with(ours_cfg).vapo_advantage_hook():
@@ -256,3 +270,20 @@ def test_run_script_overrides_compose_on_the_recipe_config():
     assert "actor_rollout_ref.model.path" in keys and len(keys) > 10
     cfg = recipe_config(*[f"{k}=1" for k in keys if k != "trainer.logger"])
     assert cfg.actor_rollout_ref.model.path == 1
+
+
+def test_main_refuses_bad_settings_before_starting_ray():
+    """main_vapo.main checks the config before run_ppo starts Ray (hydra passes a given config
+    straight through)."""
+    import ray
+
+    from vapo.integrations.verl.recipe import main_vapo
+
+    assert issubclass(main_vapo.VAPOTaskRunner, main_vapo.main_ppo_v0.TaskRunner.__ray_actor_class__)
+    assert main_vapo.VAPOTaskRunner.run is not main_vapo.main_ppo_v0.TaskRunner.__ray_actor_class__.run
+    for overrides, match in [(["trainer.use_v1=true"], "use_v1"), (["algorithm.lam=0.9"], "algorithm.lam"),
+                             (["vapo.alpha_typo=1"], "unknown key")]:
+        ov = [o if not o.startswith("vapo.alpha_typo") else "+" + o for o in overrides]
+        with pytest.raises(ConfigError, match=match):
+            main_vapo.main(recipe_config(*ov))
+    assert not ray.is_initialized()

@@ -17,8 +17,12 @@ from verl.utils.device import auto_set_device
 from vapo.errors import ConfigError
 from vapo.integrations.verl.recipe.vapo_ray_trainer import RayVAPOTrainer, vapo_settings
 
+# verl declares its TaskRunner as a Ray actor (@ray.remote), which cannot be subclassed; its
+# plain class is kept by Ray as __ray_actor_class__.
+_VerlTaskRunner = getattr(main_ppo_v0.TaskRunner, "__ray_actor_class__", main_ppo_v0.TaskRunner)
 
-class VAPOTaskRunner(main_ppo_v0.TaskRunner):
+
+class VAPOTaskRunner(_VerlTaskRunner):
     """verl's (v0) TaskRunner building a RayVAPOTrainer instead of a RayPPOTrainer.
 
     ``TaskRunner.run`` names the trainer class through its module's global ``RayPPOTrainer``;
