@@ -7,7 +7,8 @@ Layout of ``runs/<name>/``::
     eval.jsonl             one JSON line per evaluation (iteration, split, accuracy by bucket, pass@k)
     events.jsonl           phase events (SFT, value pretraining, interrupts, resumes)
     checkpoints/step_N/    policy/ (HF save_pretrained + tokenizer), critic/ (safetensors),
-                           trainer_state.pt (optimizers, schedulers, RNG states, data cursor)
+                           trainer_state.pt (optimizers, schedulers, RNG states, data cursor),
+                           MANIFEST.json (sizes and sha256, written last; see checkpoint.py)
     checkpoints/critic_init/  the critic before value pretraining (for diagnostics)
     .lock                  held (flock) by the process that trains the run
     plots/*.png, summary.json
