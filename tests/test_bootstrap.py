@@ -57,6 +57,19 @@ def test_impossible_install_prints_why_and_the_tests_skip(tmp_path, uid, apt, wh
     assert "found=\n" in r.stdout and why in r.stdout  # the reason travels to pytest in VAPO_BROWSER_MISSING
 
 
+def test_a_failed_install_is_remembered_and_not_retried(tmp_path):
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    r = _ensure(tmp_path, 0, apt="echo 'E: no network'; exit 100", VENV=str(venv))
+    assert "apt-get install chromium failed: E: no network" in r.stderr
+    assert (venv / ".vapo-chromium-failed").read_text().strip() == "apt-get install chromium failed: E: no network"
+    r = _ensure(tmp_path, 0, apt="echo called > \"$0.called\"; exit 100", VENV=str(venv))
+    assert "not retried" in r.stderr and "installing" not in r.stderr
+    assert not (tmp_path / "stubs" / "apt-get.called").exists()
+    r = _ensure(tmp_path, 0, apt="echo called > \"$0.called\"; exit 100", VENV=str(venv), VAPO_REQUIRE_BROWSER="1")
+    assert (tmp_path / "stubs" / "apt-get.called").exists()  # CI always tries
+
+
 def test_ci_switch_makes_a_missing_browser_a_failure(tmp_path):
     r = _ensure(tmp_path, 1000, VAPO_REQUIRE_BROWSER="1", VAPO_NO_BROWSER="1")
     assert "VAPO_REQUIRE_BROWSER=1, so the browser tests will fail" in r.stderr
