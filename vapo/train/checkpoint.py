@@ -112,7 +112,7 @@ def save_checkpoint(final: Path, parts: Mapping[str, Any | Sequence[Any]], state
             _pause()
             write_manifest(tmp, step)
     except OSError as e:
-        older = [p.name for _, p in checkpoint_candidates(final.parent) if p != final]
+        older = [p.name for _, p in checkpoint_candidates(final.parent) if p != final and (p / MANIFEST).is_file()]
         kept = f"the previous checkpoint {older[-1]} is intact" if older else "no earlier checkpoint exists"
         if final.is_dir():
             kept = f"{final.name} keeps its previous contents"
