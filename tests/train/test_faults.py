@@ -1,0 +1,87 @@
+"""Numerical faults: NaN/Inf found with the right statistics (checked against a plain loop), a
+skipped update leaves the weights and Adam moments untouched, N consecutive skips stop the run."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vapo.errors import VapoError
+from vapo.train.faults import (
+    BadUpdateGuard,
+    DivergenceError,
+    find_nonfinite,
+    grad_nonfinite,
+    tensor_nonfinite,
+)
+
+VALUES = st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf), st.just(-math.inf))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=3, max_size=3), min_size=1, max_size=6), st.data())
+def test_statistics_match_a_plain_loop(rows, data):
+    t = torch.tensor(rows, dtype=torch.float32)
+    mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=len(rows),
+                                           max_size=len(rows))))
+    vals = [float(t[i, j]) for i in range(t.shape[0]) for j in range(3) if mask[i, j]]
+    got = tensor_nonfinite("x", t, mask)
+    if all(math.isfinite(v) for v in vals):
+        assert got is None
+        return
+    fin = [v for v in vals if math.isfinite(v)]
+    assert got.numel == len(vals)
+    assert got.nan == sum(math.isnan(v) for v in vals)
+    assert got.posinf == sum(v == math.inf for v in vals) and got.neginf == sum(v == -math.inf for v in vals)
+    assert got.finite_min == (min(fin) if fin else None) and got.finite_max == (max(fin) if fin else None)
+
+
+def test_masked_padding_does_not_count_and_names_are_kept():
+    adv = torch.tensor([[1.0, 2.0, math.nan], [3.0, math.inf, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    bad = find_nonfinite(loss=torch.tensor(0.5), advantages=(adv, mask), values=None)
+    assert [b.name for b in bad] == ["advantages"]
+    assert (bad[0].nan, bad[0].posinf, bad[0].finite_min, bad[0].finite_max) == (0, 1, 0.0, 3.0)
+    assert "advantages: 0 NaN, 1 +Inf, 0 -Inf of 5 (finite range [0, 3])" == bad[0].describe()
+
+
+def test_skipped_update_leaves_weights_and_adam_state_untouched():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    before = ({k: v.clone() for k, v in model.state_dict().items()}, {k: v["exp_avg"].clone() for k, v in opt.state.items()})
+    opt.zero_grad()
+    x = torch.randn(3, 4)
+    x[0, 0] = math.nan
+    loss = model(x).sum()
+    loss.backward()
+    guard = BadUpdateGuard(max_bad=3)
+    bad = find_nonfinite(loss=loss) + grad_nonfinite(model.named_parameters(), "actor")
+    assert [b.name.split(" ")[0] for b in bad] == ["loss", "actor.grad"] and "first weight" in bad[1].name
+    if guard.record(bad, where="actor update", iteration=5):
+        opt.zero_grad(set_to_none=True)
+    else:  # pragma: no cover - the check above must skip
+        opt.step()
+    assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v["exp_avg"], before[1][k]) for k, v in opt.state.items())
+    assert guard.last[0]["where"] == "actor update" and guard.last[0]["iteration"] == 5
+
+
+def test_n_consecutive_skips_raise_a_clear_project_error_and_a_good_update_resets():
+    guard = BadUpdateGuard(max_bad=3)
+    bad = find_nonfinite(values=torch.tensor([1.0, math.nan]))
+    assert guard.record(bad, where="critic update", iteration=1)
+    assert guard.record(bad, where="critic update", iteration=2)
+    assert not guard.record([], where="critic update", iteration=3)  # resets
+    assert guard.record(bad, where="critic update", iteration=4)
+    assert guard.record(bad, where="critic update", iteration=5)
+    with pytest.raises(DivergenceError, match=r"3 consecutive updates skipped.*iteration 6 \(critic update\): values: 1 NaN") as e:
+        guard.record(bad, where="critic update", iteration=6)
+    assert isinstance(e.value, VapoError) and "train.max_bad_updates" in str(e.value)
+    assert guard.skipped_total == 5
+    with pytest.raises(ValueError):
+        BadUpdateGuard(0)

@@ -1,0 +1,77 @@
+"""Run directories: names cannot escape runs/, validation creates nothing, one process per run."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vapo.errors import VapoError
+from vapo.train.rundir import RunLock, check_run_name, new_run_dir, plan_run_dir
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", "a\\b", ".hidden", "a\x00b", "x" * 201, "é"])
+def test_names_that_could_escape_or_confuse_are_refused(tmp_path, name):
+    with pytest.raises(VapoError, match="not a plain name"):
+        check_run_name(name)
+    with pytest.raises(VapoError, match="not a plain name"):
+        new_run_dir(tmp_path / "runs", name, "d")
+    assert not (tmp_path / "runs").exists()  # nothing created
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("name", ["run1", "vapo-rewrite_sum-s0", "a.b", "-x"])
+def test_plain_names_are_accepted(name):
+    assert check_run_name(name) == name
+
+
+def test_a_bad_default_name_is_refused_too(tmp_path):
+    with pytest.raises(VapoError):
+        plan_run_dir(tmp_path, None, "vapo-../../etc-s0")
+
+
+def test_plan_creates_nothing_and_agrees_with_new_run_dir(tmp_path):
+    root = tmp_path / "runs"
+    p = plan_run_dir(root, None, "d")
+    assert p == root / "d" and not root.exists()
+    assert new_run_dir(root, None, "d") == p
+    assert plan_run_dir(root, None, "d") == root / "d-2"
+    with pytest.raises(VapoError, match="already exists"):
+        plan_run_dir(root, "d", "x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VapoError, match="not a directory"):
+        plan_run_dir(tmp_path / "file", "a", "x")
+
+
+_HOLD = "import sys,time; from vapo.train.rundir import RunLock; l=RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)"
+
+
+def test_a_second_process_is_refused_and_a_dead_holder_does_not_block(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(VapoError, match=rf"in use by another process \(pid {proc.pid}\)"):
+            RunLock(run).acquire()
+    finally:
+        proc.kill()  # SIGKILL: no clean-up runs, the lock file stays
+        proc.wait()
+    assert (run / ".lock").is_file()
+    deadline = time.time() + 5
+    while True:
+        try:
+            lock = RunLock(run).acquire()
+            break
+        except VapoError:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    assert (run / ".lock").read_text().strip() == str(os.getpid())
+    # within one process, a second lock object on the same run is refused as well (flock is per open file)
+    with pytest.raises(VapoError, match="in use"):
+        RunLock(run).acquire()
+    lock.release()
+    with RunLock(run):
+        pass
