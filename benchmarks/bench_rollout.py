@@ -2,6 +2,12 @@
 
     python benchmarks/bench_rollout.py [--batch 256] [--max-new-tokens 128] [--size tiny]
                                        [--threads 2] [--prompt-len 12] [--repeats 1] [--out PATH]
+                                       [--memory-lengths 128,256,512,1024]
+
+Long answers (the long chain-of-thought regime, 512-token answers on the micro model):
+
+    python benchmarks/bench_rollout.py --size micro --max-new-tokens 512 --threads 1 --repeats 2 \
+        --memory-lengths 128,256,512,1024 --out benchmarks/results/bench_rollout_long.json
 
 Same randomly initialised policy (``vapo.models.build_policy(size, seed)``), same prompts (random
 ``prompt-len``-character strings), same batch, same length limit, ancestral sampling at
@@ -21,6 +27,15 @@ for both engines. Each engine is warmed up once (a short run) before it is timed
 seeded, so every repeat generates the same tokens).
 Writes benchmarks/results/bench_rollout.json and prints a table with the speed ratios.
 
+``--memory-lengths`` adds peak memory against answer length: for each engine and length, a fresh
+process builds the same policy and prompts, warms the engine up, then generates exactly that many
+tokens per row (the ``full`` variant). On CPU the figure is the rise of the process's peak
+resident memory (``VmHWM``, reset to the current RSS just before generating) over the RSS before
+generating; on CUDA it is ``torch.cuda.max_memory_allocated`` over the allocation before. Each
+engine's peaks are fitted with a line and a parabola in the length: the result records bytes per
+token, and the ratio of successive increments (length doubling each time: 2 for linear growth,
+4 for quadratic), which is what says linear vs quadratic.
+
 On a machine whose cores are busy with other work, use ``--threads 1``: with 2 OpenMP threads
 each small kernel waits at a barrier for a thread that is not scheduled, and both engines slow
 down 5-30x in ways that vary from run to run. The recorded results say which was used.
@@ -33,6 +48,8 @@ import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +71,12 @@ def real_tokens(resp: torch.Tensor, eos: int) -> torch.Tensor:
 
 def run_vapo(model: Any, ids: torch.Tensor, mask: torch.Tensor, T: int, eos: int | None, pad: int,
              seed: int) -> tuple[float, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=ids.device).manual_seed(seed)
     t0 = time.perf_counter()
     ro = sample(model, ids, mask, max_new_tokens=T, temperature=1.0, top_p=1.0, eos_token_id=eos,
                 pad_token_id=pad, generator=gen)
+    if ids.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, ro.lengths
 
 
@@ -69,11 +88,89 @@ def run_hf(model: Any, ids: torch.Tensor, mask: torch.Tensor, T: int, eos: int, 
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
                              top_k=0, max_new_tokens=T, eos_token_id=eos, pad_token_id=pad, **extra)
+    if ids.is_cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     resp = out[:, ids.shape[1]:]
     if full and resp.shape[1] != T:
         raise RuntimeError(f"generate stopped at {resp.shape[1]} < {T} tokens in the full-length variant")
     return dt, real_tokens(resp, eos)
+
+
+def _rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def probe_memory(engine: str, T: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of one generation of exactly ``T`` tokens per row (run in a fresh process)."""
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    device = torch.device(args.device)
+    tok = build_char_tokenizer()
+    model = build_policy(args.size, tok, seed=args.seed).to(device)
+    rng = random.Random(args.seed)
+    texts = ["".join(rng.choice(CHARS[:-1]) for _ in range(args.prompt_len)) for _ in range(args.batch)]
+    ids, mask = (x.to(device) for x in encode_prompts(tok, texts))
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+
+    def go(n: int) -> None:
+        if engine == "vapo.rollout.sample":
+            run_vapo(model, ids, mask, n, None, pad, args.seed)
+        else:
+            run_hf(model, ids, mask, n, eos, pad, True, args.seed)
+
+    go(8)  # warm-up: kernels, allocator, generate's setup
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        go(T)
+        torch.cuda.synchronize()
+        return {"engine": engine, "length": T, "peak_bytes": torch.cuda.max_memory_allocated() - before,
+                "measure": "torch.cuda.max_memory_allocated - memory_allocated before"}
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    before = _rss_bytes("VmRSS")
+    go(T)
+    return {"engine": engine, "length": T, "peak_bytes": _rss_bytes("VmHWM") - before,
+            "measure": "peak RSS (VmHWM, reset before) - RSS before"}
+
+
+def memory_sweep(args: argparse.Namespace, lengths: list[int]) -> dict[str, Any]:
+    """Peak memory vs answer length per engine, each point in a fresh process, with linear and
+    quadratic fits. increment_ratios[i] = (M[i+2] − M[i+1]) / (M[i+1] − M[i]): with lengths that
+    double, 2 for memory linear in the length, 4 for quadratic."""
+    import numpy as np
+
+    engines = ("vapo.rollout.sample", "transformers.generate")
+    points: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    base = [sys.executable, str(Path(__file__).resolve()), "--size", args.size, "--batch", str(args.batch),
+            "--threads", str(args.threads), "--prompt-len", str(args.prompt_len), "--seed", str(args.seed),
+            "--device", args.device]
+    for T in lengths:
+        for e in engines:
+            out = subprocess.run([*base, "--probe", f"{e}:{T}"], check=True, capture_output=True, text=True).stdout
+            points[e].append(json.loads(out.strip().splitlines()[-1]))
+    fits = {}
+    for e, pts in points.items():
+        x = np.array([p["length"] for p in pts], dtype=float)
+        y = np.array([p["peak_bytes"] for p in pts], dtype=float)
+        lin = np.polyfit(x, y, 1)
+        quad = np.polyfit(x, y, 2) if len(x) >= 3 else None
+        resid = y - np.polyval(lin, x)
+        r2 = 1 - float((resid ** 2).sum()) / max(float(((y - y.mean()) ** 2).sum()), 1e-12)
+        inc = [round(float((y[i + 2] - y[i + 1]) / (y[i + 1] - y[i])), 3) if y[i + 1] != y[i] else None
+               for i in range(len(y) - 2)]
+        fits[e] = {"bytes_per_token_linear_fit": round(float(lin[0]), 1), "intercept_bytes": round(float(lin[1])),
+                   "linear_r2": round(r2, 5),
+                   "quadratic_share_at_max": (round(float(quad[0] * x[-1] ** 2 / (y[-1] or 1)), 4)
+                                              if quad is not None else None),
+                   "increment_ratios": inc}
+    return {"lengths": lengths, "points": points, "fits": fits}
 
 
 def main() -> None:
@@ -87,17 +184,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per engine (alternating); the fastest counts")
     ap.add_argument("--variants", default="eos,full", help="comma-separated subset of eos,full")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_rollout.json")
+    ap.add_argument("--memory-lengths", default="", help="comma-separated answer lengths for the peak-memory sweep "
+                    "(e.g. 128,256,512,1024); empty = no sweep")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the memory sweep's measure follows it)")
+    ap.add_argument("--probe", default="", help=argparse.SUPPRESS)  # internal: ENGINE:LENGTH, one memory point
     args = ap.parse_args()
+    if args.probe:
+        engine, _, T = args.probe.rpartition(":")
+        print(json.dumps(probe_memory(engine, int(T), args)))
+        return
     torch.set_num_threads(args.threads)
 
     import transformers
 
     transformers.logging.set_verbosity_error()
     tok = build_char_tokenizer()
-    model = build_policy(args.size, tok, seed=args.seed)
+    model = build_policy(args.size, tok, seed=args.seed).to(args.device)
     rng = random.Random(args.seed)
     texts = ["".join(rng.choice(CHARS[:-1]) for _ in range(args.prompt_len)) for _ in range(args.batch)]
-    ids, mask = encode_prompts(tok, texts)
+    ids, mask = (x.to(args.device) for x in encode_prompts(tok, texts))
     eos, pad, T = tok.eos_token_id, tok.pad_token_id, args.max_new_tokens
 
     # Warm-up: one short run of each engine (allocator, MKL/oneDNN kernels, generate's setup).
@@ -128,6 +233,10 @@ def main() -> None:
                          "truncated_frac": round(float((lens == T).float().mean()), 4)})
         ratios[variant] = round(res["vapo.rollout.sample"] / res["transformers.generate"], 3)
 
+    memory = None
+    if args.memory_lengths:
+        memory = memory_sweep(args, [int(x) for x in args.memory_lengths.split(",") if x.strip()])
+
     result = {
         "benchmark": "rollout tokens/s: vapo.rollout.sample vs transformers generate",
         "config": {"batch": args.batch, "max_new_tokens": T, "repeats": args.repeats, "size": args.size, "params": count_parameters(model),
@@ -139,6 +248,8 @@ def main() -> None:
         "speed_ratio": ratios,
         "target_ratio": TARGET,
     }
+    if memory is not None:
+        result["memory_vs_length"] = memory
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -150,6 +261,13 @@ def main() -> None:
               f"{r['mean_length']:9.1f}")
     for v, x in ratios.items():
         print(f"speed ratio ({v}): {x:.2f}x  (target ≥ {TARGET:.0f}x: {'met' if x >= TARGET else 'NOT met'})")
+    if memory is not None:
+        print("peak memory vs answer length (MiB): " + "  ".join(f"T={T}" for T in memory["lengths"]))
+        for e, pts in memory["points"].items():
+            f = memory["fits"][e]
+            print(f"  {e:24} " + "  ".join(f"{p['peak_bytes'] / 2**20:8.1f}" for p in pts)
+                  + f"   {f['bytes_per_token_linear_fit'] / 1024:.1f} KiB/token, linear R² {f['linear_r2']:.4f}, "
+                  f"increment ratios {f['increment_ratios']} (2 = linear, 4 = quadratic)")
     print(f"wrote {args.out}")
 
 

@@ -30,7 +30,7 @@ class ModelSize:
     num_key_value_heads: int
     intermediate_size: int
     nominal_params: int  # what the name promises; tests hold the real count within 40% of it
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = 2048  # RoPE: no weights depend on it; covers prompt + the long regime's answers
 
 
 MODEL_SIZES: dict[str, ModelSize] = {

@@ -26,10 +26,10 @@ from vapo.tasks.base import (
 )
 from vapo.tasks.chain import RewriteSum
 from vapo.tasks.files import FileTask, normalise_answer
-from vapo.tasks.procedural import DEFAULT_TASK, Addition, Multiply, RunningSum
+from vapo.tasks.procedural import DEFAULT_TASK, Addition, Multiply, RepeatAdd, RunningSum
 
 __all__ = [
     "DEFAULT_TASK", "MARKER", "SPLITS", "TASKS", "Addition", "FileTask", "Multiply", "Problem",
-    "ProceduralTask", "Reward", "RewriteSum", "RunningSum", "Task", "final_answer", "get_task", "instance_unit",
+    "ProceduralTask", "RepeatAdd", "Reward", "RewriteSum", "RunningSum", "Task", "final_answer", "get_task", "instance_unit",
     "is_heldout", "normalise_answer", "register_task", "sample_problems", "score_integer_answer",
 ]
