@@ -31,7 +31,6 @@ from vapo.diagnostics import exploration as expl_mod
 from vapo.diagnostics import generalisation as gen_mod
 from vapo.diagnostics import weighting as weight_mod
 from vapo.diagnostics.common import (
-    RewardSettings,
     bucket_labels,
     bucket_of,
     check_positive,
@@ -40,6 +39,8 @@ from vapo.diagnostics.common import (
 )
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.errors import VapoError
+from vapo.train import adapter
+from vapo.train.collect import RewardSettings
 
 REL_POSITIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 SECTION_TITLES = {
@@ -108,20 +109,14 @@ def _load_critic(path: Path) -> Any | None:
 
 
 def _run_advantages(cfg: Any, batch: Any, values: torch.Tensor | None) -> torch.Tensor:
-    """The run's own advantages on ``batch`` (its estimator and parameters, as the trainer computes them)."""
-    from vapo.algos.advantages import AdvantageInput, AdvantageParams, get_advantage_estimator
-    from vapo.algos.losses import masked_whiten
-    from vapo.algos.shaping import scores_to_token_rewards
-
-    a = cfg.algo.advantage
+    """The run's own advantages [B, T] on ``batch`` (through vapo.train.adapter, as the trainer
+    computes them; no in-reward KL: the regenerated batch has no reference log-probs)."""
+    a = cfg.algo
     mask = batch.response_mask
-    rewards = scores_to_token_rewards(batch.scores.float(), mask)
-    params = AdvantageParams(gamma=a.gamma, lam_actor=None if a.lam_actor == "adaptive" else float(a.lam_actor),
-                             lam_critic=a.lam_critic, alpha=a.alpha, eps=a.eps, extra=dict(a.extra))
-    out = get_advantage_estimator(a.estimator)(
-        AdvantageInput(token_rewards=rewards, response_mask=mask, values=values, scores=batch.scores.float(),
-                       group_index=batch.group_index), params)
-    return masked_whiten(out.advantages, mask) * mask if a.whiten else out.advantages
+    scores = batch.scores.float()
+    rewards = adapter.token_rewards(a.model_copy(update={"kl": a.kl.model_copy(update={"coef": 0.0})}), scores, mask)
+    adv, _ = adapter.compute_advantages(a, rewards, mask, values=values, scores=scores, group_index=batch.group_index)
+    return adv
 
 
 @torch.no_grad()
@@ -145,7 +140,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
     from vapo.models import load_policy_and_tokenizer
     from vapo.tasks import get_task
     from vapo.train.rundir import read_jsonl
-    from vapo.train.trainer import progress_ui
+    from vapo.train.ui import progress_ui
 
     for name in ("prefixes", "continuations", "batch_prompts", "checkpoints", "eval_prompts", "eval_samples"):
         check_positive(name, getattr(budget, name), where=f"vapo diagnose --{name.replace('_', '-')}")
@@ -225,8 +220,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
         else:
             crit["finding"] = "no critic in this run (critic-free preset): nothing to compare; MC values still in probes"
         result["critic"] = crit
-        advs = adv_mod.estimator_advantages(batch, values, gamma=cfg.algo.advantage.gamma, alpha=cfg.algo.advantage.alpha,
-                                            eps=cfg.algo.advantage.eps)
+        advs = adv_mod.estimator_advantages(batch, values, cfg.algo.advantage)
         result["advantage"] = adv_mod.advantage_report(advs, p_rows, p_ts, a_mc, a_noise, p_bucket, labels)
         result["advantage"]["has_critic"] = critic is not None
         result["advantage"]["run_estimator"] = cfg.algo.advantage.estimator
