@@ -98,7 +98,7 @@ def test_correlation_interval_is_fisher_z_and_bootstrap_brackets_the_value():
     assert d["hi"] == pytest.approx(np.tanh(z + 1.959963984540054 * se), abs=1e-9)
     assert np.isnan(corr_ci(x, np.ones(50))["value"])
     b = bootstrap_ci(np.mean, x, n_boot=400, seed=1)
-    assert b["lo"] < b["value"] == pytest.approx(x.mean()) < b["hi"]
+    assert b["value"] == pytest.approx(x.mean()) and b["lo"] < b["value"] < b["hi"]
     assert b["hi"] - b["lo"] == pytest.approx(2 * 1.96 * x.std(ddof=1) / np.sqrt(50), rel=0.3)
 
 

@@ -192,3 +192,17 @@ def test_diagnose_every_without_its_callback_is_refused_before_creating_anything
     with pytest.raises(ConfigError, match="diagnose_every"):
         start_run(cfg, name="x", progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_rollout_and_score_rejects_bad_prefixes(lm):
+    from vapo.errors import VapoError
+
+    policy, tok, task = lm
+    s = RewardSettings(temperature=1.0, top_p=1.0, max_new_tokens=4)
+    probs = _problems(task, 2)
+    with pytest.raises(VapoError, match="prefixes for 2 rows"):
+        rollout_and_score(policy, tok, task, probs, s, generator=torch.Generator(), prefixes=[torch.zeros(0, dtype=torch.long)])
+    with pytest.raises(VapoError, match="no token of budget"):
+        rollout_and_score(policy, tok, task, probs, s, generator=torch.Generator(), prefixes=[torch.ones(4, dtype=torch.long)] * 2)
+    with pytest.raises(VapoError, match="no problems"):
+        rollout_and_score(policy, tok, task, [], s, generator=torch.Generator())

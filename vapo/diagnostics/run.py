@@ -40,6 +40,7 @@ from vapo.diagnostics.common import (
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.errors import VapoError
 from vapo.train import adapter
+from vapo.train.batch import forward_rows
 from vapo.train.collect import RewardSettings
 
 REL_POSITIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
@@ -120,15 +121,12 @@ def _run_advantages(cfg: Any, batch: Any, values: torch.Tensor | None) -> torch.
 
 
 @torch.no_grad()
-def _all_values(critic: Any, batch: Any, chunk: int = 128) -> torch.Tensor:
+def _all_values(critic: Any, batch: Any, max_tokens: int) -> torch.Tensor:
+    """The critic's values [B, T] of ``batch``, over the trainer's micro-batches."""
     from vapo.models import response_values
 
-    outs = []
-    for s in range(0, len(batch.lengths), chunk):
-        sl = slice(s, s + chunk)
-        outs.append(response_values(critic, batch.prompt_ids[sl], batch.prompt_mask[sl], batch.response_ids[sl],
-                                    batch.response_mask[sl]).float())
-    return torch.cat(outs)
+    values, _ = forward_rows(response_values, critic, batch, device=next(critic.parameters()).device, max_tokens=max_tokens)
+    return values
 
 
 def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, budget: Budget = Budget(),
@@ -171,7 +169,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
         tid = ui.add_task("regenerate batch", total=1)
         batch = generate_batch(policy, tokenizer, task, settings, n_prompts=budget.batch_prompts, group_size=G, seed=seed)
         ui.update(tid, advance=1, info=f"{len(batch.lengths)} answers, mean length {batch.lengths.float().mean():.0f}")
-        values = _all_values(critic, batch) if critic is not None else None
+        values = _all_values(critic, batch, cfg.optim.micro_batch_tokens) if critic is not None else None
         timings["batch"] = time.perf_counter() - t0
 
         # ---- section 3: length weighting

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vapo.errors import VapoError
 from vapo.train.batch import Experience, pad_left, pad_right
 
 
@@ -104,11 +105,17 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
     from vapo.rollout import sample
 
     flat = [p for p in problems for _ in range(group_size)]
+    if not flat:
+        raise VapoError("no problems to answer", where="rollout_and_score(problems=...)", fix="pass at least one problem")
     if prefixes is not None and len(prefixes) != len(flat):
-        raise ValueError(f"rollout_and_score: {len(prefixes)} prefixes for {len(flat)} rows")
+        raise VapoError(f"{len(prefixes)} prefixes for {len(flat)} rows", where="rollout_and_score(prefixes=...)",
+                        fix="pass one prefix per row (len(problems) × group_size)")
+    if prefixes is not None and any(len(x) >= settings.max_new_tokens for x in prefixes):
+        raise VapoError("a prefix leaves no token of budget", where="rollout_and_score(prefixes=...)",
+                        fix=f"prefixes must be shorter than max_new_tokens={settings.max_new_tokens}")
     device = next(policy.parameters()).device
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    step = chunk or max(len(flat), 1)
+    step = chunk or len(flat)
     parts: list[dict[str, torch.Tensor]] = []
     for s in range(0, len(flat), step):
         rows = flat[s : s + step]
