@@ -1,4 +1,4 @@
-"""vapo.algos.advantages vs naive float64 loops, plus the invariants of the spec."""
+"""vapo.algos.advantages vs naive float64 loops, plus the invariants of docs/algorithms.md."""
 
 from __future__ import annotations
 

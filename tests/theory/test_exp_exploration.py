@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vapo.theory import exp_exploration as E
+from vapo.theory.framework import EXPERIMENTS
 
 
 @pytest.mark.parametrize("p,g", [(0.0, 4), (1.0, 3), (0.3, 1), (0.2, 5), (0.5, 16), (0.9, 8)])
@@ -33,22 +34,19 @@ def test_check_zero_signal_detects_a_wrong_formula(monkeypatch):
     assert bad["max_abs_z"] > E.Z_FORMULA
 
 
-def test_quick_run_writes_valid_results(tmp_path):
-    out = E.run(tmp_path, quick=True, seed=0)
-    assert out["verdict"] in {"supported", "refuted", "inconclusive"}
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert data["verdict"] == out["verdict"] and data["hypothesis"] and data["decision_rule"]
-    assert (tmp_path / "exploration.png").stat().st_size > 0
+def test_verdict_is_recomputed_from_the_saved_evidence(tmp_path):
+    res = EXPERIMENTS["exploration"].run(seed=0, out_dir=tmp_path, quick=True)
+    data = json.loads((tmp_path / "results.json").read_text())["results"]
     for r in data["runs"].values():
         assert all(0.0 <= s <= 1.0 for s in r["final_success"])
-    assert data["verdict"] == E.decide(data["zero_signal"]["max_abs_z"], list(data["calls"].values()))
+    assert res.verdict.status == E.rule(data["zero_signal"]["max_abs_z"], list(data["calls"].values()))
 
 
 def test_verdict_flips_with_evidence():
-    assert E.decide(1.0, ["supported", "supported", "inconclusive"]) == "supported"
-    assert E.decide(1.0, ["refuted", "refuted", "supported"]) == "refuted"
-    assert E.decide(9.0, ["supported", "supported", "supported"]) == "refuted"  # formula fails
-    assert E.decide(1.0, ["supported", "inconclusive", "refuted"]) == "inconclusive"
+    assert E.rule(1.0, ["supported", "supported", "inconclusive"]) == "supported"
+    assert E.rule(1.0, ["refuted", "refuted", "supported"]) == "refuted"
+    assert E.rule(9.0, ["supported", "supported", "supported"]) == "refuted"  # formula fails
+    assert E.rule(1.0, ["supported", "inconclusive", "refuted"]) == "inconclusive"
 
 
 def test_compare_calls_direction():

@@ -7,28 +7,29 @@ import json
 import torch
 
 from vapo.theory import exp_pathways as E
-from vapo.theory.exp_exploration import exact_success, make_chain
+from vapo.theory.framework import EXPERIMENTS
+from vapo.theory.mdp import make_chain
 
 
 def test_exact_values_and_gradient():
     mdp = make_chain(3, 4, 3, (0.1, 0.6), seed=1)
     logits = mdp.init_logits + 0.3 * torch.randn(mdp.init_logits.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    v = E.exact_values(logits, mdp)
-    assert torch.allclose(v[:, 0], exact_success(logits, mdp))
+    v = mdp.values(logits)
+    assert torch.allclose(v[:, 0], mdp.success(logits))
     for k in range(3):
         assert float(v[k, int(mdp.lengths[k])]) == 0.0  # terminal
-    grad = E.exact_grad(logits, mdp)
+    grad = mdp.grad(logits)
     eps = 1e-6
     d = torch.zeros_like(logits)
     d[0, 0, 1] = eps
-    fd = (exact_success(logits + d, mdp).mean() - exact_success(logits - d, mdp).mean()) / (2 * eps)
+    fd = (mdp.success(logits + d).mean() - mdp.success(logits - d).mean()) / (2 * eps)
     assert abs(float(fd) - float(grad[0, 0, 1])) < 1e-7
 
 
 def test_gae_with_exact_critic_and_lambda0_is_exact_advantage():
     """Sanity of the testbed: with V̂ = V^π, GAE(λ=0) = δ = A^π exactly (MSE 0)."""
     mdp = make_chain(4, 6, 3, (0.1, 0.6), seed=2)
-    v = E.exact_values(mdp.init_logits, mdp)
+    v = mdp.values(mdp.init_logits)
     noise = (torch.zeros(mdp.init_logits.shape[:2], dtype=torch.float64),) * 2
     E.BASELINES["_lam0"] = ("gae", dict(lam_actor=0.0))
     try:
@@ -38,14 +39,12 @@ def test_gae_with_exact_critic_and_lambda0_is_exact_advantage():
     assert out["_lam0"][0] < 1e-20
 
 
-def test_quick_run_writes_valid_results(tmp_path):
-    out = E.run(tmp_path, quick=True)
+def test_verdict_is_recomputed_from_the_saved_evidence(tmp_path):
+    res = EXPERIMENTS["pathways"].run(seed=0, out_dir=tmp_path, quick=True)
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["verdict"] in {"supported", "refuted", "inconclusive"}
-    assert set(data["kept_on_testbed"]) == set(E.PATHWAYS)
-    assert data["verdict"] == E.decide(data["evidence"])[0]
-    assert (tmp_path / "pathways.png").stat().st_size > 0
-    assert out["kept_on_testbed"] == data["kept_on_testbed"]
+    status, kept = E.rule(E.evidence(data["results"]))
+    assert data["verdict"] == status == res.verdict.status
+    assert set(kept) == set(E.PATHWAYS) and data["verdict_numbers"]["kept_on_testbed"] == kept
 
 
 def _ev(mse, cos, diff, se=0.01):
@@ -57,6 +56,6 @@ def _ev(mse, cos, diff, se=0.01):
 
 
 def test_verdict_flips_with_evidence():
-    assert E.decide(_ev(0.5, 0.55, 0.05))[0] == "supported"
-    assert E.decide(_ev(0.9, 0.45, -0.05))[0] == "refuted"
-    assert E.decide(_ev(0.5, 0.40, -0.10))[0] == "inconclusive"  # better MSE, worse gradient
+    assert E.rule(_ev(0.5, 0.55, 0.05))[0] == "supported"
+    assert E.rule(_ev(0.9, 0.45, -0.05))[0] == "refuted"
+    assert E.rule(_ev(0.5, 0.40, -0.10))[0] == "inconclusive"  # better MSE, worse gradient

@@ -1,5 +1,5 @@
-"""Experiments 1-3: quick runs write results.json + PNG + a verdict that the decision function
-recomputes from the saved results; each verdict flips on planted counter-evidence; CLI/HTML."""
+"""Every experiment: quick runs write valid JSON (no NaN) + PNG + a verdict that the decision
+function recomputes from the saved results; verdicts flip on planted counter-evidence; CLI/HTML."""
 
 from __future__ import annotations
 
@@ -11,17 +11,35 @@ import torch
 
 from vapo.errors import VapoError
 from vapo.theory.cli import theory_command, write_html
-from vapo.theory.framework import EXPERIMENTS, STATUSES, load_experiments
+from vapo.theory.framework import EXPERIMENTS, STATUSES, load_experiments, write_results_json
 from vapo.theory.mdp import make_mdp, sample
 
 load_experiments()
 
 
-@pytest.mark.parametrize("name", ["value_error", "adaptive_lambda", "token_bias"])
+ALL = ["value_error", "adaptive_lambda", "token_bias", "generalization", "exploration", "pathways"]
+
+
+def _no_nan(token: str):
+    raise ValueError(f"results.json holds {token}, which is not JSON")
+
+
+def test_every_experiment_is_registered_in_run_order():
+    assert list(load_experiments()) == ALL
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    path = write_results_json(tmp_path / "r.json", {"a": float("nan"), "b": [np.inf, 1.5], "c": np.float32(2)})
+    assert json.loads(path.read_text(), parse_constant=_no_nan) == {"a": None, "b": [None, 1.5], "c": 2.0}
+    with pytest.raises(ValueError, match="NaN"):
+        json.loads('{"a": NaN}', parse_constant=_no_nan)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_quick_run_writes_results_png_and_valid_verdict(name, tmp_path):
     exp = EXPERIMENTS[name]
     res = exp.run(seed=0, out_dir=tmp_path / name, quick=True)
-    data = json.loads((tmp_path / name / "results.json").read_text())
+    data = json.loads((tmp_path / name / "results.json").read_text(), parse_constant=_no_nan)
     assert data["verdict"] in STATUSES and data["verdict"] == res.verdict.status
     assert data["hypothesis"] and data["decision_rule"] and data["claim"]
     assert exp.decide(data["results"]).status == data["verdict"]  # recomputed from the saved numbers
@@ -117,3 +135,15 @@ def test_sampled_batches_fit_vapo_algos_contract():
     t = tr.torch()
     assert t["token_rewards"].dtype == torch.float64 and t["response_mask"].shape == t["token_rewards"].shape
     assert torch.all(t["token_rewards"] * (1 - t["response_mask"]) == 0)
+
+
+def test_html_page_escapes_hostile_text_and_keeps_every_experiment(tmp_path):
+    from vapo.theory.framework import ExperimentResult, Verdict
+
+    hostile = "<script>alert('x')</script>&"
+    res = [ExperimentResult(n, hostile, hostile, hostile, Verdict("inconclusive", hostile, {"k": hostile}),
+                            {}, [], 0.5, 0, {"n": 1}) for n in ("exp_a", "exp_b")]
+    page = write_html(res, tmp_path / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;" in page
+    for n in ("exp_a", "exp_b"):
+        assert f'<section id="{n}">' in page and f'href="#{n}"' in page

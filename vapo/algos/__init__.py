@@ -20,6 +20,7 @@ from vapo.algos.advantages import (
     register_advantage_estimator,
     rloo_advantages,
 )
+from vapo.algos.groups import GroupStats, group_stats
 from vapo.algos.losses import (
     LOSS_AGG_MODES,
     POLICY_LOSSES,
@@ -54,6 +55,7 @@ __all__ = [
     "AdvantageInput",
     "AdvantageOutput",
     "AdvantageParams",
+    "GroupStats",
     "adaptive_lambda",
     "aggregate_loss",
     "decoupled_gae",
@@ -65,6 +67,7 @@ __all__ = [
     "get_advantage_estimator",
     "get_loss_agg_mode",
     "get_policy_loss",
+    "group_stats",
     "grpo_advantages",
     "kl_estimate",
     "logprobs_from_logits",

@@ -1,6 +1,6 @@
 """Advantage estimators: masked GAE, length-adaptive and decoupled GAE, group advantages.
 
-Notation (``/work/shared/spec/algorithms.md``): a batch holds ``B`` responses padded to ``T``
+Notation (docs/algorithms.md, "Notation"): a batch holds ``B`` responses padded to ``T``
 tokens; ``response_mask[i, t] = 1`` for real tokens. ``V[i, t]`` is the critic's value of the
 state *before* token ``t``; the state after the last real token is terminal (value 0).
 
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vapo.errors import VapoError, unknown_name_error
+from vapo.algos.groups import group_stats
+from vapo.errors import VapoError
+from vapo.registry import Registry
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -265,12 +267,13 @@ def masked_gae_reference(
 
 
 # --------------------------------------------------------------------------------------------
-# Length-adaptive and decoupled GAE (VAPO §3; VC-PPO arXiv 2503.01491 §4)
+# Length-adaptive and decoupled GAE (docs/algorithms.md, "Length-adaptive λ", "Decoupled GAE")
 # --------------------------------------------------------------------------------------------
 
 
 def adaptive_lambda(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Length-adaptive GAE lambda (VAPO §3.2): lambda(l) = 1 - 1 / (alpha * l).
+    """Length-adaptive GAE lambda (VAPO, Length-Adaptive GAE; docs/algorithms.md,
+    "Length-adaptive λ"): lambda(l) = 1 - 1 / (alpha * l).
 
     The effective horizon sum_t lambda^t = 1/(1 - lambda) = alpha * l grows with length.
     For l <= 1/alpha the formula gives lambda <= 0; the paper is silent there, so we clamp to
@@ -306,7 +309,8 @@ def decoupled_gae(
     lam_actor: float | torch.Tensor = 0.95,
     lam_critic: float | torch.Tensor = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoupled GAE (VC-PPO §4.2, VAPO §3): two GAE passes over the same TD errors.
+    """Decoupled GAE (VC-PPO and VAPO, Decoupled-GAE; docs/algorithms.md, "Decoupled GAE"):
+    two GAE passes over the same TD errors.
 
     The actor's advantages use ``lam_actor`` (< 1: lower variance); the critic's targets use
     ``lam_critic`` (1.0: unbiased Monte-Carlo targets, so the reward does not decay as
@@ -326,25 +330,6 @@ def decoupled_gae(
 # --------------------------------------------------------------------------------------------
 
 
-def _group_stats(scores: torch.Tensor, group_index: torch.Tensor):
-    """Per-response statistics of its group, float64: (count, mean, unbiased std, all_equal).
-
-    group_index may hold arbitrary integers, in any order."""
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    s = scores.to(torch.float64)
-    count = torch.zeros(n_groups, dtype=torch.float64, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    total = torch.zeros_like(count).index_add_(0, inv, s)
-    mean = total / count
-    sq = torch.zeros_like(count).index_add_(0, inv, (s - mean[inv]) ** 2)
-    std = torch.sqrt(sq / (count - 1).clamp_min(1))  # unbiased (torch.std), as GRPO's references
-    big = torch.finfo(torch.float64).max
-    gmax = torch.full_like(count, -big).scatter_reduce_(0, inv, s, "amax")
-    gmin = torch.full_like(count, big).scatter_reduce_(0, inv, s, "amin")
-    all_equal = gmax == gmin  # includes groups of size 1
-    return count[inv], mean[inv], std[inv], all_equal[inv]
-
-
 def _broadcast(adv_seq: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(response_mask.bool(), adv_seq.to(dtype)[:, None], 0.0)
 
@@ -355,7 +340,8 @@ def _out_dtype(scores: torch.Tensor) -> torch.dtype:
 
 def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_mask: torch.Tensor,
                     eps: float = 1e-6) -> torch.Tensor:
-    """GRPO outcome advantages (DeepSeekMath arXiv 2402.03300 §4.1.2):
+    """GRPO outcome advantages (DeepSeekMath arXiv 2402.03300 §4.1.2; docs/algorithms.md,
+    "Group advantages"):
     A_i = (R_i - mean_g R) / (std_g R + eps), broadcast to every real token of response i.
 
     std is the *unbiased* (n - 1) group standard deviation, as ``torch.std`` in GRPO's
@@ -370,32 +356,33 @@ def grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_ma
         [B, T] advantages (dtype of scores, float32 for integer scores); 0 at masked positions.
     """
     _check_group_inputs(scores, group_index, response_mask, "grpo_advantages")
-    _, mean, std, flat = _group_stats(scores, group_index)
-    adv = torch.where(flat, 0.0, (scores.to(torch.float64) - mean) / (std + eps))
+    g = group_stats(scores, group_index)
+    adv = torch.where(g.all_equal, 0.0, (scores.to(torch.float64) - g.mean) / (g.std + eps))
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
 def dr_grpo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
                        response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Dr. GRPO advantages (arXiv 2503.20783 §3.2): A_i = R_i - mean_g R (no std division),
+    """Dr. GRPO advantages (arXiv 2503.20783 §3.2; docs/algorithms.md, "Group advantages"): A_i = R_i - mean_g R (no std division),
     broadcast to tokens. Groups of size 1 or with all-equal scores get 0. `eps` is unused
     (kept for a uniform signature). Shapes as `grpo_advantages`."""
     _check_group_inputs(scores, group_index, response_mask, "dr_grpo_advantages")
-    _, mean, _, flat = _group_stats(scores, group_index)
-    adv = torch.where(flat, 0.0, scores.to(torch.float64) - mean)
+    g = group_stats(scores, group_index)
+    adv = torch.where(g.all_equal, 0.0, scores.to(torch.float64) - g.mean)
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
 def rloo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
                     response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv 2402.14740 §3):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv 2402.14740 §3; docs/algorithms.md,
+    "Group advantages"):
     A_i = R_i - mean_{j != i, j in g} R_j = n/(n-1) (R_i - mean_g R), broadcast to tokens.
     Groups of size 1 (no other sample for a baseline) or with all-equal scores get 0.
     `eps` is unused. Shapes as `grpo_advantages`."""
     _check_group_inputs(scores, group_index, response_mask, "rloo_advantages")
-    count, mean, _, flat = _group_stats(scores, group_index)
-    loo = count / (count - 1).clamp_min(1)
-    adv = torch.where(flat, 0.0, loo * (scores.to(torch.float64) - mean))
+    g = group_stats(scores, group_index)
+    loo = g.count / (g.count - 1).clamp_min(1)
+    adv = torch.where(g.all_equal, 0.0, loo * (scores.to(torch.float64) - g.mean))
     return _broadcast(adv, response_mask, _out_dtype(scores))
 
 
@@ -453,31 +440,19 @@ class AdvantageOutput:
 
 
 AdvantageEstimator = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator",
+                                                              where="get_advantage_estimator")
 
 
 def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: ``@register_advantage_estimator("my_est")`` makes ``fn(inp, params) ->
     AdvantageOutput`` available by name. Registering a taken name raises VapoError."""
-
-    def deco(fn: AdvantageEstimator) -> AdvantageEstimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise VapoError(f"advantage estimator {name!r} is already registered",
-                            where="register_advantage_estimator",
-                            fix="choose another name (names are global)")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
+    return ADVANTAGE_ESTIMATORS.register(name)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """The estimator registered as `name`; unknown names raise with a did-you-mean hint."""
-    try:
-        return ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        raise unknown_name_error("advantage estimator", name, ADVANTAGE_ESTIMATORS,
-                                 where="get_advantage_estimator") from None
+    return ADVANTAGE_ESTIMATORS.get(name)
 
 
 @register_advantage_estimator("gae")

@@ -1,7 +1,7 @@
 """Losses and masked reductions: clipped policy loss (clip-higher, dual-clip), clipped value
 loss, positive-example NLL, KL estimators, entropy, and the loss-aggregation modes.
 
-Formulas: ``/work/shared/spec/algorithms.md``. Token tensors are ``[B, T]`` with a
+Formulas, defaults and sources: docs/algorithms.md. Token tensors are ``[B, T]`` with a
 ``response_mask`` in {0, 1}; every reduction reads only real tokens (masked positions are
 selected away with ``torch.where``, so they receive exactly zero gradient even if they hold
 inf/NaN).
@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from vapo.errors import VapoError, unknown_name_error
+from vapo.registry import Registry
 
 __all__ = [
     "LOSS_AGG_MODES",
@@ -98,35 +99,23 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 
 # --------------------------------------------------------------------------------------------
-# Loss aggregation (spec "Loss aggregation"). token_weights is the single source of truth:
+# Loss aggregation (docs/algorithms.md, "Loss aggregation"). token_weights is the single source of truth:
 # aggregate_loss and the diagnostics' per-length gradient-weight reports both use it.
 # --------------------------------------------------------------------------------------------
 
 AggWeightFn = Callable[..., torch.Tensor]
-LOSS_AGG_MODES: dict[str, AggWeightFn] = {}
+LOSS_AGG_MODES: Registry[AggWeightFn] = Registry("loss aggregation mode", where="loss_agg_mode")
 
 
 def register_loss_agg_mode(name: str) -> Callable[[AggWeightFn], AggWeightFn]:
     """Decorator registering ``fn(mask[B,T] float, norm_len, num_tokens, num_seqs) -> [B,T]``
     weights. Taken names raise VapoError."""
-
-    def deco(fn: AggWeightFn) -> AggWeightFn:
-        if name in LOSS_AGG_MODES:
-            raise VapoError(f"loss aggregation mode {name!r} is already registered",
-                            where="register_loss_agg_mode", fix="choose another name")
-        LOSS_AGG_MODES[name] = fn
-        return fn
-
-    return deco
+    return LOSS_AGG_MODES.register(name)
 
 
 def get_loss_agg_mode(name: str) -> AggWeightFn:
     """The weight function of aggregation mode `name`; unknown names raise (did-you-mean)."""
-    try:
-        return LOSS_AGG_MODES[name]
-    except KeyError:
-        raise unknown_name_error("loss aggregation mode", name, LOSS_AGG_MODES,
-                                 where="loss_agg_mode") from None
+    return LOSS_AGG_MODES.get(name)
 
 
 @register_loss_agg_mode("token-mean")
@@ -212,29 +201,18 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
 # --------------------------------------------------------------------------------------------
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", where="policy_loss")
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
     """Decorator registering a policy loss ``fn(logprobs, old_logprobs, advantages,
     response_mask, **kwargs) -> (loss, stats)``. Taken names raise VapoError."""
-
-    def deco(fn: PolicyLossFn) -> PolicyLossFn:
-        if name in POLICY_LOSSES:
-            raise VapoError(f"policy loss {name!r} is already registered",
-                            where="register_policy_loss", fix="choose another name")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return deco
+    return POLICY_LOSSES.register(name)
 
 
 def get_policy_loss(name: str) -> PolicyLossFn:
     """The policy loss registered as `name`; unknown names raise (did-you-mean)."""
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise unknown_name_error("policy loss", name, POLICY_LOSSES, where="policy_loss") from None
+    return POLICY_LOSSES.get(name)
 
 
 @register_policy_loss("ppo_clip")
@@ -249,7 +227,8 @@ def policy_loss_clip(
     agg_mode: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate with clip-higher (DAPO §3.1, VAPO §4):
+    """PPO clipped surrogate with clip-higher (PPO §3, DAPO §3.1; docs/algorithms.md,
+    "Clipped policy loss"):
 
         rho_t = exp(logpi(o_t) - logpi_old(o_t))
         L_t   = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)
@@ -257,7 +236,7 @@ def policy_loss_clip(
     Dual-clip (Ye et al. 2020, arXiv 1912.09729 eq. 5), for A_t < 0 only: the loss is capped
     at -c A_t, i.e. L_t = min(L_t, -c A_t), as verl's ``compute_policy_loss``
     (``clip_pg_losses2 = min(-A*c, max(pg_losses1, pg_losses2))``). In objective form this is
-    the spec's max(., c A_t). c must be > 1.
+    max(J_t, c A_t) (docs/algorithms.md, "Clipped policy loss"). c must be > 1.
 
     Args:
         logprobs: [B, T] log pi_theta of the sampled tokens (carries the gradient).
@@ -326,7 +305,7 @@ def value_loss(
     agg_mode: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Critic loss (spec "Classic PPO baseline"):
+    """Critic loss (docs/algorithms.md, "Value loss"):
 
         clip_eps None: 1/2 (V - R)^2
         otherwise:     1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)
@@ -369,7 +348,8 @@ def value_loss(
 
 def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
                       correct: torch.Tensor, num_tokens: int | float | None = None) -> torch.Tensor:
-    """Positive-example LM loss (VAPO §5):
+    """Positive-example LM loss (VAPO, Positive Example LM Loss; docs/algorithms.md,
+    "Positive-example NLL"):
 
         L_NLL = -(1 / sum_{i in C} l_i) sum_{i in C} sum_t log pi(o_{i,t})
 
@@ -398,7 +378,7 @@ def positive_nll_loss(logprobs: torch.Tensor, response_mask: torch.Tensor,
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman 2020,
-    "Approximating KL divergence"; spec "Group advantages"):
+    "Approximating KL divergence"; docs/algorithms.md, "KL estimators"):
 
         k1 = log pi - log pi_ref
         k2 = 1/2 (log pi - log pi_ref)^2

@@ -8,7 +8,7 @@ estimation under sparse terminal reward:
   error profile, not on the answer length as such;
 * the variance of the Monte-Carlo part of GAE is bounded by the variance of the outcome
   (with γ = 1 and a 0/1 reward it is p(1−p) at the prompt, whatever the length), so
-  "short answers are high-variance, long ones high-bias" (VAPO §3.2) holds only through
+  "short answers are high-variance, long ones high-bias" (VAPO, Length-Adaptive GAE) holds only through
   the critic's error profile.
 
 Two estimators follow from this and are registered in
@@ -52,6 +52,7 @@ from vapo.algos.advantages import (
     masked_gae,
     register_advantage_estimator,
 )
+from vapo.algos.groups import group_stats
 from vapo.errors import VapoError
 
 DEFAULT_LAMBDA_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(21))
@@ -140,17 +141,10 @@ def group_variance(scores: torch.Tensor, group_index: torch.Tensor, floor: float
         group's scores; for singleton groups the sample variance of the whole batch
         (0 when B = 1); then clamped below at ``floor``.
     """
+    g = group_stats(scores, group_index)
     s = scores.to(torch.float64)
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n_g = torch.zeros(int(inv.max()) + 1 if inv.numel() else 0, dtype=torch.float64).index_add_(
-        0, inv, torch.ones_like(s)
-    )
-    sum_g = torch.zeros_like(n_g).index_add_(0, inv, s)
-    sq_g = torch.zeros_like(n_g).index_add_(0, inv, s * s)
-    var_g = (sq_g - sum_g * sum_g / n_g.clamp(min=1)) / (n_g - 1).clamp(min=1)
-    n = n_g[inv]
     batch_var = s.var(unbiased=True) if s.numel() > 1 else torch.zeros((), dtype=torch.float64)
-    out = torch.where(n >= 2, var_g[inv], batch_var.expand_as(s))
+    out = torch.where(g.count >= 2, g.var, batch_var.expand_as(s))
     return out.clamp(min=floor)
 
 
@@ -163,16 +157,8 @@ def group_loo_mean(scores: torch.Tensor, group_index: torch.Tensor) -> tuple[tor
         ``(loo_mean [B] float64, has_peers [B] bool)``: loo_mean[i] = mean of the scores of the
         *other* members of i's group; for singleton groups has_peers is False and loo_mean 0.
     """
-    s = scores.to(torch.float64)
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n_g = torch.zeros(int(inv.max()) + 1 if inv.numel() else 0, dtype=torch.float64).index_add_(
-        0, inv, torch.ones_like(s)
-    )
-    sum_g = torch.zeros_like(n_g).index_add_(0, inv, s)
-    n = n_g[inv]
-    has_peers = n >= 2
-    loo = torch.where(has_peers, (sum_g[inv] - s) / (n - 1).clamp(min=1), torch.zeros_like(s))
-    return loo, has_peers
+    g = group_stats(scores, group_index)
+    return g.loo_mean, g.count >= 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,7 +345,7 @@ def gae_error_aware(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     """GAE with a per-sequence, critic-error-aware λ (registered as "gae_error_aware").
 
     Advantages: masked GAE with λ_i = :func:`error_aware_lambda` (per sequence, ``[B]``);
-    returns (critic targets): masked GAE with ``params.lam_critic`` (decoupled GAE, VAPO §3),
+    returns (critic targets): masked GAE with ``params.lam_critic`` (docs/algorithms.md, "Decoupled GAE"),
     γ = ``params.gamma``. ``params.lam_actor`` is ignored (λ is chosen per sequence).
     Extra knobs: ``params.extra["lambda_grid"]``, ``params.extra["min_group_var"]``,
     ``params.extra["noise_var"]`` (None = estimate ε² from the batch).

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 
+from vapo.algos.groups import group_stats
 from vapo.errors import VapoError
 
 __all__ = ["dynamic_sampling_keep", "overlong_penalty", "scores_to_token_rewards"]
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> torch.Tensor:
-    """DAPO soft overlong punishment (arXiv 2503.14476 §3.4, eq. 13), added to the task reward:
+    """DAPO soft overlong punishment (arXiv 2503.14476 §3.4, eq. 13; docs/algorithms.md,
+    "Overlong reward shaping"), added to the task reward:
 
         0                                    if l <= L_max - L_cache
         ((L_max - L_cache) - l) / L_cache    if L_max - L_cache < l <= L_max
@@ -42,7 +44,8 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> tor
 
 
 def dynamic_sampling_keep(scores: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
-    """DAPO dynamic sampling (arXiv 2503.14476 §3.2, eq. 11): keep a response only if its
+    """DAPO dynamic sampling (arXiv 2503.14476 §3.2, eq. 11; docs/algorithms.md, "Dynamic
+    sampling"): keep a response only if its
     group's scores are not all equal (all correct / all wrong give zero advantage and zero
     gradient). Groups of size 1 are all-equal, so they are dropped.
 
@@ -56,19 +59,11 @@ def dynamic_sampling_keep(scores: torch.Tensor, group_index: torch.Tensor) -> to
             and scores.dim() == 1 and group_index.shape == scores.shape):
         raise VapoError("scores and group_index must be 1-D [B] tensors of the same length",
                         where=where, fix="pass one score and one group id per response")
-    if scores.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=scores.device)
-    _, inv = torch.unique(group_index, return_inverse=True)
-    n = int(inv.max().item()) + 1
-    s = scores.to(torch.float64)
-    big = torch.finfo(torch.float64).max
-    gmax = torch.full((n,), -big, dtype=s.dtype, device=s.device).scatter_reduce_(0, inv, s, "amax")
-    gmin = torch.full((n,), big, dtype=s.dtype, device=s.device).scatter_reduce_(0, inv, s, "amin")
-    return (gmax > gmin)[inv]
+    return ~group_stats(scores, group_index).all_equal
 
 
 def scores_to_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Outcome rewards as token rewards (spec "Notation"): r[i, l_i - 1] = R_i, else 0, where
+    """Outcome rewards as token rewards (docs/algorithms.md, "Notation"): r[i, l_i - 1] = R_i, else 0, where
     l_i - 1 is the position of the *last real token* of row i (any mask layout).
 
     Args:

@@ -4,14 +4,15 @@ are PNGs embedded as data URLs, no network), and the short terminal table of fin
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
 SECTIONS = (
     ("critic", "1. Critic error", "Critic V(s_t) vs Monte-Carlo V^π(s_t) at prefixes of sampled responses."),
@@ -191,30 +192,33 @@ def _plots_generalisation(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------- tables
-def _fmt(d: Any, digits: int = 3) -> str:
+def _cell(d: Any, digits: int = 3) -> str | Markup:
+    """A table cell: an estimate dict {value, lo, hi} as "v [lo, hi]", a float to `digits`
+    digits, anything else as text (escaped by the template)."""
     if isinstance(d, dict) and "value" in d:
         v, lo, hi = d.get("value"), d.get("lo"), d.get("hi")
         if v is None or not math.isfinite(v):
             return "n/a"
         if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
             return f"{v:.{digits}f}"
-        return f"{v:.{digits}f} <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>"
+        return Markup("{} <small>[{}, {}]</small>").format(f"{v:.{digits}f}", f"{lo:.{digits}f}", f"{hi:.{digits}f}")
     if isinstance(d, float):
         return "n/a" if not math.isfinite(d) else f"{d:.{digits}f}"
-    return html.escape(str(d))
+    return str(d)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+def _block(header: list[str] | None = None, rows: list[list[Any]] = (), heading: str | None = None,
+           note: str | None = None) -> dict[str, Any]:
+    """One block of a section: optional heading and note, then a table (header + rows)."""
+    return {"heading": heading, "note": note, "header": header,
+            "rows": [[_cell(c) for c in r] for r in rows]}
 
 
-def _tables(key: str, r: dict[str, Any], labels: list[str]) -> str:
+def _tables(key: str, r: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
     if key == "critic":
         if not r.get("has_critic"):
-            return "<p>No critic in this run (critic-free preset).</p>"
-        parts = []
+            return [_block(note="No critic in this run (critic-free preset).")]
+        blocks = []
         reps = [("current critic", r["current"])]
         if r.get("pretraining"):
             reps += [("before value pretraining (vs π at step 0)", r["pretraining"]["before"]),
@@ -223,51 +227,47 @@ def _tables(key: str, r: dict[str, Any], labels: list[str]) -> str:
             rows = [["all", rep["overall"]["n"], rep["overall"]["bias"], rep["overall"]["rmse"], rep["overall"]["explained_variance"]]]
             rows += [[f"ρ={k}", v["n"], v["bias"], v["rmse"], v["explained_variance"]] for k, v in rep["by_position"].items()]
             rows += [[f"length {k}", v["n"], v["bias"], v["rmse"], v["explained_variance"]] for k, v in rep["by_length"].items()]
-            parts.append(f"<h3>{html.escape(name)}</h3>" + _table(["group", "n", "bias", "RMSE", "explained variance"], rows))
-        return "".join(parts)
+            blocks.append(_block(["group", "n", "bias", "RMSE", "explained variance"], rows, heading=name))
+        return blocks
     if key == "advantage":
         est = r["estimators"]
         rows = [[n, e["all"]["n"], e["all"]["bias"], e["all"]["sd"], e["all"]["correlation"], e["all"]["mse"]] for n, e in est.items()]
         best = [[k, v["estimator"], v["mse"]] for k, v in r["best_lambda"].items()]
-        note = "" if r.get("has_critic") else "<p>No critic in this run: GAE rows are absent; group estimators are compared.</p>"
-        return (note + _table(["estimator", "n", "bias", "sd", "correlation", "MSE (noise removed)"], rows)
-                + ("<h3>best λ by length bucket</h3>" + _table(["length bucket", "estimator", "MSE"], best) if best else ""))
+        note = None if r.get("has_critic") else "No critic in this run: GAE rows are absent; group estimators are compared."
+        blocks = [_block(["estimator", "n", "bias", "sd", "correlation", "MSE (noise removed)"], rows, note=note)]
+        if best:
+            blocks.append(_block(["length bucket", "estimator", "MSE"], best, heading="best λ by length bucket"))
+        return blocks
     if key == "weighting":
         sh, gn = r["shares"], r["grad_norms"]
         rows = [[b, sh["responses"][b], sh["tokens"][b], *[sh["modes"][m][b] for m in sh["modes"]],
                  *[gn[m][b] for m in gn]] for b in labels]
         head = ["length bucket", "responses", "tokens", *[f"share: {m}" for m in sh["modes"]], *[f"‖g‖: {m}" for m in gn]]
-        return f"<p>{html.escape(r['note'])}; run's mode: <b>{html.escape(r['run_mode'])}</b>.</p>" + _table(head, rows)
+        return [_block(head, rows, note=f"{r['note']}; run's mode: {r['run_mode']}.")]
     if key == "exploration":
         pk = r["pass_at_k"]
         rows = [[f"pass@{k}", pk[k]] for k in sorted(pk, key=int)]
         s = r["series"]
         rows += [[f"{k} (first → last)", f"{v[0][1]:.3f} → {v[-1][1]:.3f}"] for k, v in s.items()]
         rows.append(["zero-signal groups in the regenerated batch", r["zero_signal_frac_now"]])
-        return _table(["quantity", "value"], rows)
+        return [_block(["quantity", "value"], rows)]
     if key == "generalisation":
         per = r["checkpoints"]
         rows = [[s, *[per[s][sp]["accuracy"] for sp in ("train", "heldout", "long")]] for s in sorted(per, key=int)]
-        return (f"<p>{r['prompts']} prompts × {r['samples']} answers per split and checkpoint.</p>"
-                + _table(["checkpoint step", "train", "held-out", "long"], rows))
-    return ""
+        return [_block(["checkpoint step", "train", "held-out", "long"], rows,
+                       note=f"{r['prompts']} prompts × {r['samples']} answers per split and checkpoint.")]
+    return []
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-.finding{background:#f4f6fa;border-left:4px solid #4a6fa5;padding:.5em .8em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right}
-th{background:#f0f0f0}td:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}small{color:#777}"""
-
-# Marks, once the page has loaded, how many images decoded (naturalWidth > 0): a headless browser's
-# --dump-dom then shows it in the DOM (used by the test suite).
-_SCRIPT = """window.addEventListener('load',function(){var im=document.images,ok=0;
-for(var i=0;i<im.length;i++){var g=im[i].complete&&im[i].naturalWidth>0;im[i].setAttribute('data-decoded',g?'yes':'no');if(g)ok++;}
-var d=document.createElement('div');d.id='img-status';d.setAttribute('data-loaded',ok);d.setAttribute('data-total',im.length);
-d.textContent='images decoded: '+ok+'/'+im.length;document.body.appendChild(d);});"""
+def _template(name: str) -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vapo.diagnostics", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(name)
 
 
 def render_html(result: dict[str, Any]) -> str:
+    """The self-contained report page (templates/report.html.j2, autoescaped): every section of
+    SECTIONS with its finding, plots (PNG data URLs) and tables; 'not run' for absent ones."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -277,27 +277,18 @@ def render_html(result: dict[str, Any]) -> str:
         "weighting": lambda r: _plots_weighting(r, labels), "exploration": _plots_exploration,
         "generalisation": _plots_generalisation,
     }
-    body = []
+    sections = []
     for key, title, what in SECTIONS:
         r = result.get(key)
-        sec = [f'<section id="sec-{key}"><h2>{html.escape(title)}</h2><p>{html.escape(what)}</p>']
-        if r is None:
-            sec.append("<p>not run</p></section>")
-            body.append("".join(sec))
-            continue
-        sec.append(f'<p class="finding"><b>Finding:</b> {html.escape(str(r.get("finding", "")))}</p>')
-        for alt, src in plotters[key](r):
-            sec.append(f'<img alt="{html.escape(alt)}" src="{src}">')
-        sec.append(_tables(key, r, labels))
-        sec.append("</section>")
-        body.append("".join(sec))
-    t = result.get("timings", {})
-    head = (f"<h1>vapo diagnose — {html.escape(result['preset'])} on {html.escape(result['task'])}, step {result['step']}</h1>"
-            f"<p>Run <code>{html.escape(result['run'])}</code>; checkpoint <code>{html.escape(result['checkpoint'])}</code>. "
-            f"Estimates: {html.escape(json.dumps(result['budget']))}; 95% confidence intervals in brackets. "
-            f"Took {t.get('total', float('nan')):.0f} s.</p>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vapo diagnose: {html.escape(result['run'])}</title>"
-            f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>{head}{''.join(body)}</body></html>")
+        sec = {"key": key, "title": title, "what": what, "ran": r is not None}
+        if r is not None:
+            sec.update(finding=str(r.get("finding", "")), images=plotters[key](r), blocks=_tables(key, r, labels))
+        sections.append(sec)
+    total = result.get("timings", {}).get("total")
+    return _template("report.html.j2").render(
+        run=result["run"], checkpoint=result["checkpoint"], preset=result["preset"], task=result["task"],
+        step=result["step"], budget=json.dumps(result["budget"]),
+        seconds="n/a" if total is None or not math.isfinite(total) else f"{total:.0f}", sections=sections)
 
 
 def write_outputs(result: dict[str, Any], out: Path, html: bool = True) -> None:

@@ -230,8 +230,11 @@ class FastDecoder:
             # (query head j uses KV head j // n_rep, as in HF's repeat_kv), so K/V are never repeated.
             # softmax(q kᵀ · scale + key_bias) v, with two batched matmuls (faster than SDPA's CPU
             # kernels for a query length of n_rep).
+            # The softmax runs in float32 and is cast back, as in HF's eager attention (a bf16/fp16
+            # softmax over a long context loses the small weights); a no-op for float32 models.
             q = qk[:, :Hq].reshape(b * Hkv, self.n_rep, d)
-            att = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale).softmax(-1)
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale)
+            att = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
             o = torch.bmm(att, v)  # [b·Hkv, n_rep, d]
             x = x + F.linear(o.view(b, Hq * d), ly.w_o, ly.b_o)
             x = x + self._mlp(_rms(x, ly.ln2, ly.ln2_eps), ly)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from vapo.errors import ConfigError, VapoError, unknown_name_error
+from vapo.registry import Registry
 
 MARKER = "####"
 SPLITS: tuple[str, ...] = ("train", "heldout", "long")
@@ -184,29 +185,20 @@ class ProceduralTask:
 
 
 # ---------------------------------------------------------------------------------- registry
-TASKS: dict[str, Callable[..., Task]] = {}
+TASKS: Registry[Callable[..., Task]] = Registry("task", where="task.name")
 
 
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Decorator: ``@register_task("my_task")`` on a Task class (or factory) makes
     ``get_task("my_task", **kwargs)`` build it. Registering a taken name raises VapoError."""
-
-    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
-        if name in TASKS and TASKS[name] is not factory:
-            raise VapoError(f"task {name!r} is already registered", where="register_task",
-                            fix="choose another name (names are global)")
-        TASKS[name] = factory
-        return factory
-
-    return deco
+    return TASKS.register(name)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
     """Build the task registered as ``name`` with ``kwargs`` (the config's ``task.kwargs``)."""
-    if name not in TASKS:
-        raise unknown_name_error("task", name, TASKS, where="task.name")
+    factory = TASKS.get(name)
     try:
-        return TASKS[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as e:
         raise ConfigError(f"bad options for task {name!r}: {e}", where="task.kwargs",
                           fix="see `vapo.tasks.TASKS[name]` for the accepted options") from e

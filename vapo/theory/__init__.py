@@ -13,8 +13,7 @@ from vapo.theory.framework import (
     get_experiment,
     load_experiments,
     register_experiment,
-    register_module_experiment,
 )
 
 __all__ = ["EXPERIMENTS", "Experiment", "ExperimentResult", "Verdict", "get_experiment",
-           "load_experiments", "register_experiment", "register_module_experiment"]
+           "load_experiments", "register_experiment"]

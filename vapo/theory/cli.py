@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 from pathlib import Path
 from typing import Annotated
@@ -48,33 +47,20 @@ def theory_command(
 
 
 def write_html(results: list[ExperimentResult], path: Path) -> Path:
-    """One self-contained page (PNGs embedded as base64) with every experiment's claim,
-    hypothesis, decision rule, verdict, deciding numbers, seed, sizes and timing."""
-    e = html.escape
-    rows = "".join(
-        f"<tr><td><a href='#{e(r.name)}'>{e(r.name)}</a></td><td class='{r.verdict.status}'>{r.verdict.status}</td>"
-        f"<td>{e(r.verdict.line)}</td><td>{r.seconds:.1f}</td></tr>" for r in results)
-    parts = []
-    for r in results:
-        imgs = "".join(
-            f"<img src='data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}'/>"
-            for p in r.plots if Path(p).exists())
-        parts.append(
-            f"<h2 id='{e(r.name)}'>{e(r.name)} — <span class='{r.verdict.status}'>{r.verdict.status}</span></h2>"
-            f"<p><b>Claim.</b> {e(r.claim)}</p><p><b>Hypothesis.</b> {e(r.hypothesis)}</p>"
-            f"<p><b>Decision rule.</b> {e(r.decision_rule_text)}</p><p><b>Verdict.</b> {e(r.verdict.line)}</p>"
-            f"<details><summary>deciding numbers, seed {r.seed}, sizes</summary><pre>"
-            f"{e(json.dumps({'numbers': r.verdict.numbers, 'sizes': r.sizes}, indent=1, default=str))}</pre></details>"
-            f"{imgs}")
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>vapo theory lab</title><style>
-body{{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}} img{{max-width:100%}}
-td{{border-bottom:1px solid #ddd;padding:4px;vertical-align:top}} .supported{{color:#080}}
-.refuted{{color:#b00}} .inconclusive{{color:#b70}} pre{{font-size:11px;background:#f6f6f6;overflow:auto}}
-</style></head><body><h1>vapo theory lab — verdicts</h1>
-<p>Exact token MDPs with dynamic-programming ground truth; each experiment fixed its hypothesis and
-decision rule in code before computing; verdicts are computed from the results.</p>
-<table><tr><th>experiment</th><th>verdict</th><th>deciding numbers</th><th>s</th></tr>{rows}</table>
-{''.join(parts)}</body></html>"""
+    """One self-contained page (templates/index.html.j2, autoescaped; PNGs embedded as base64)
+    with every experiment's claim, hypothesis, decision rule, verdict, deciding numbers, seed,
+    sizes and timing."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vapo.theory", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    rows = [{
+        "name": r.name, "status": r.verdict.status, "line": r.verdict.line, "seconds": f"{r.seconds:.1f}",
+        "claim": r.claim, "hypothesis": r.hypothesis, "decision_rule": r.decision_rule_text, "seed": r.seed,
+        "numbers": json.dumps({"numbers": r.verdict.numbers, "sizes": r.sizes}, indent=1, default=str),
+        "images": ["data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode()
+                   for p in r.plots if Path(p).exists()],
+    } for r in results]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    path.write_text(env.get_template("index.html.j2").render(results=rows))
     return path

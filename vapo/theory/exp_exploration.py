@@ -26,32 +26,15 @@ B. Entropy collapse and final success under PPO-style training. A chain token-MD
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from vapo.algos import dr_grpo_advantages, policy_loss_clip, positive_nll_loss
-
-NAME = "exploration"
-
-HYPOTHESIS = (
-    "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
-    "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "
-    "success; the positive-example NLL term raises final success; group sampling beats "
-    "single samples at an equal sample budget."
-)
-
-DECISION_RULE = (
-    "Part A holds if every (p, G) cell's simulated zero-signal fraction is within 4.5 binomial "
-    "standard errors of the formula. Each part-B comparison is 'supported' if the difference "
-    "(in the claimed direction) exceeds 2 standard errors of the difference over seeds, "
-    "'refuted' if it exceeds 2 SE in the opposite direction, else 'inconclusive'. "
-    "Verdict: refuted if part A fails or a majority of the 3 part-B comparisons is refuted; "
-    "supported if part A holds and at least 2 of the 3 part-B comparisons are supported; "
-    "otherwise inconclusive."
-)
+from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
+from vapo.theory.mdp import ChainMDP, make_chain
 
 Z_FORMULA = 4.5
 Z_COMPARE = 2.0
@@ -90,51 +73,6 @@ def check_zero_signal(ps, group_sizes, n_groups: int, seed: int) -> dict:
 # ---------------------------------------------------------------------------------------
 # Part B: the chain token-MDP with a tabular softmax policy
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChainMDP:
-    """K prompts; prompt k needs l_k tokens, the correct token at every position is 0.
-
-    lengths: [K] int; vocab: V; init_logits: [K, L, V] tensor the policy starts from
-    (positions ≥ l_k are unused and masked everywhere).
-    """
-
-    lengths: torch.Tensor
-    vocab: int
-    init_logits: torch.Tensor
-
-    @property
-    def mask(self) -> torch.Tensor:  # [K, L] float64, 1 on each prompt's real positions
-        L = self.init_logits.shape[1]
-        return (torch.arange(L)[None, :] < self.lengths[:, None]).to(torch.float64)
-
-
-def make_chain(n_prompts: int, max_len: int, vocab: int, p_range: tuple[float, float], seed: int) -> ChainMDP:
-    """Prompts with lengths in [max_len/4, max_len] and initial success p_k log-uniform in
-    p_range: the correct token's probability is q_k = p_k^(1/l_k) at every position."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(max(1, max_len // 4), max_len + 1, (n_prompts,), generator=g)
-    lo, hi = math.log(p_range[0]), math.log(p_range[1])
-    p0 = torch.exp(lo + (hi - lo) * torch.rand(n_prompts, generator=g, dtype=torch.float64))
-    q = p0 ** (1.0 / lengths.to(torch.float64))
-    logit_c = torch.log(q * (vocab - 1) / (1 - q))  # softmax([c, 0, ..., 0])[0] = q
-    logits = torch.zeros(n_prompts, max_len, vocab, dtype=torch.float64)
-    logits[:, :, 0] = logit_c[:, None]
-    return ChainMDP(lengths=lengths, vocab=vocab, init_logits=logits)
-
-
-def exact_success(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
-    """[K] exact success probability p_k = Π_{t<l_k} π(0 | k, t)."""
-    logp0 = torch.log_softmax(logits, dim=-1)[..., 0]
-    return torch.exp((logp0 * mdp.mask).sum(dim=1))
-
-
-def mean_entropy(logits: torch.Tensor, mdp: ChainMDP) -> float:
-    """Mean over prompts and real positions of the policy's entropy (nats)."""
-    logp = torch.log_softmax(logits, dim=-1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return float((ent * mdp.mask).sum() / mdp.mask.sum())
 
 
 @dataclass(frozen=True)
@@ -183,7 +121,7 @@ def train_ppo(mdp: ChainMDP, cond: Condition, *, steps: int, budget: int, lr: fl
             elif cond.baseline == "batch":
                 adv = (r - r.mean())[:, None] * mask
             else:
-                adv = (r - exact_success(theta, mdp)[prompts])[:, None] * mask
+                adv = (r - mdp.success(theta)[prompts])[:, None] * mask
         for _ in range(inner_epochs):
             lp = _token_logprobs(theta, prompts, tokens, mask)
             loss, _ = policy_loss_clip(lp, old_lp, adv, mask, eps_low=0.2, eps_high=cond.eps_high,
@@ -194,8 +132,8 @@ def train_ppo(mdp: ChainMDP, cond: Condition, *, steps: int, budget: int, lr: fl
             loss.backward()
             opt.step()
         with torch.no_grad():
-            succ_curve.append(float(exact_success(theta, mdp).mean()))
-            ent_curve.append(mean_entropy(theta, mdp))
+            succ_curve.append(float(mdp.success(theta).mean()))
+            ent_curve.append(mdp.entropy(theta))
     return {"success": succ_curve, "entropy": ent_curve}
 
 
@@ -222,73 +160,13 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
     return {"diff": mean, "se": se, "call": call}
 
 
-def decide(formula_max_abs_z: float, calls: list[str]) -> str:
-    """The decision rule (DECISION_RULE) as code: part-A worst |z| and the 3 part-B calls."""
+def rule(formula_max_abs_z: float, calls: list[str]) -> str:
+    """The decision rule as code: part-A worst |z| and the 3 part-B calls."""
     if formula_max_abs_z > Z_FORMULA or sum(c == "refuted" for c in calls) * 2 > len(calls):
         return "refuted"
     if sum(c == "supported" for c in calls) >= 2:
         return "supported"
     return "inconclusive"
-
-
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
-                    vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=4, lr=0.3)
-    return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
-                n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
-                seeds=list(range(8)), inner_epochs=4, lr=0.3)
-
-
-def compute(quick: bool = False, seed: int = 0) -> dict:
-    """Run both parts; return a JSON-able dict of evidence (no verdict)."""
-    sz = sizes(quick)
-    t0 = time.perf_counter()
-    part_a = check_zero_signal(sz["ps"], sz["group_sizes"], sz["n_groups"], seed)
-    mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
-    runs: dict[str, dict] = {}
-    for cond in CONDITIONS:
-        per_seed = [
-            train_ppo(mdp, cond, steps=sz["steps"], budget=sz["budget"], lr=sz["lr"],
-                      inner_epochs=sz["inner_epochs"], seed=1000 * seed + s)
-            for s in sz["seeds"]
-        ]
-        succ = np.array([r["success"] for r in per_seed])  # [S, steps]
-        ent = np.array([r["entropy"] for r in per_seed])
-        runs[cond.name] = {
-            "condition": cond.__dict__,
-            "final_success": succ[:, -1].tolist(),
-            "final_entropy": ent[:, -1].tolist(),
-            "success_mean_curve": succ.mean(0).tolist(),
-            "entropy_mean_curve": ent.mean(0).tolist(),
-        }
-    fs = {k: np.array(v["final_success"]) for k, v in runs.items()}
-    fe = {k: np.array(v["final_entropy"]) for k, v in runs.items()}
-    comparisons = {
-        "clip_higher_entropy": _compare(fe["eps0.28"], fe["eps0.20"]),
-        "clip_higher_success": _compare(fs["eps0.28"], fs["eps0.20"]),
-        "nll_success": _compare(fs["eps0.28+nll"], fs["eps0.28"]),
-        "nll_entropy": _compare(fe["eps0.28+nll"], fe["eps0.28"]),
-        "group_vs_single_batch": _compare(fs["eps0.28"], fs["single-batch"]),
-        "group_vs_single_exactV": _compare(fs["eps0.28"], fs["single-exactV"]),
-    }
-    # Clip-higher counts as supported only if entropy is higher AND success is not lower.
-    ch = comparisons["clip_higher_entropy"]["call"]
-    if ch == "supported" and comparisons["clip_higher_success"]["call"] == "refuted":
-        ch = "refuted"
-    calls = {"clip_higher": ch, "nll": comparisons["nll_success"]["call"],
-             "group_sampling": comparisons["group_vs_single_batch"]["call"]}
-    return {
-        "sizes": sz,
-        "seed": seed,
-        "initial_success": float(exact_success(mdp.init_logits, mdp).mean()),
-        "initial_entropy": mean_entropy(mdp.init_logits, mdp),
-        "zero_signal": part_a,
-        "runs": runs,
-        "comparisons": comparisons,
-        "calls": calls,
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 def summarize(res: dict) -> dict:
@@ -304,63 +182,107 @@ def summarize(res: dict) -> dict:
     return out
 
 
-def plot(res: dict, path) -> None:
-    """Zero-signal formula vs simulation, and success/entropy curves per condition."""
-    import matplotlib
+@register_experiment("exploration")
+class Exploration(Experiment):
+    claim = "Clip-higher, the positive-example NLL and group sampling help exploration under sparse reward (theory_part2.md claim 5)."
+    hypothesis = (
+        "(A) the fraction of zero-signal groups is p^G + (1-p)^G; (B) under sparse reward, "
+        "clip-higher (eps_high 0.28 vs 0.2) slows entropy collapse and does not lower final "
+        "success; the positive-example NLL term raises final success; group sampling beats "
+        "single samples at an equal sample budget."
+    )
+    decision_rule = (
+        "Part A holds if every (p, G) cell's simulated zero-signal fraction is within 4.5 binomial "
+        "standard errors of the formula. Each part-B comparison is 'supported' if the difference "
+        "(in the claimed direction) exceeds 2 standard errors of the difference over seeds, "
+        "'refuted' if it exceeds 2 SE in the opposite direction, else 'inconclusive'. "
+        "Verdict: refuted if part A fails or a majority of the 3 part-B comparisons is refuted; "
+        "supported if part A holds and at least 2 of the 3 part-B comparisons are supported; "
+        "otherwise inconclusive."
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def sizes(self, quick: bool) -> dict:
+        if quick:
+            return dict(ps=[0.05, 0.5], group_sizes=[1, 4], n_groups=4000, n_prompts=16, max_len=6,
+                        vocab=4, steps=15, budget=32, seeds=[0, 1, 2], inner_epochs=4, lr=0.3)
+        return dict(ps=[0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99], group_sizes=[1, 2, 4, 8, 16],
+                    n_groups=50_000, n_prompts=64, max_len=12, vocab=4, steps=120, budget=64,
+                    seeds=list(range(8)), inner_epochs=4, lr=0.3)
 
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-    rows = res["zero_signal"]["rows"]
-    for g in sorted({r["G"] for r in rows}):
-        sel = [r for r in rows if r["G"] == g]
-        ax[0].plot([r["p"] for r in sel], [r["formula"] for r in sel], "-", label=f"G={g}")
-        ax[0].plot([r["p"] for r in sel], [r["simulated"] for r in sel], "k.", ms=4)
-    ax[0].set(xlabel="success probability p", ylabel="zero-signal fraction",
-              title="p^G + (1-p)^G (lines) vs simulation (dots)")
-    ax[0].legend(fontsize=7)
-    for name, r in res["runs"].items():
-        ax[1].plot(r["success_mean_curve"], label=name)
-        ax[2].plot(r["entropy_mean_curve"], label=name)
-    ax[1].set(xlabel="PPO step", ylabel="exact success (mean over prompts)", title="success")
-    ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
-    ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Run both parts; return a JSON-able dict of evidence (no verdict)."""
+        part_a = check_zero_signal(sz["ps"], sz["group_sizes"], sz["n_groups"], seed)
+        mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
+        runs: dict[str, dict] = {}
+        for cond in CONDITIONS:
+            per_seed = [
+                train_ppo(mdp, cond, steps=sz["steps"], budget=sz["budget"], lr=sz["lr"],
+                          inner_epochs=sz["inner_epochs"], seed=1000 * seed + s)
+                for s in sz["seeds"]
+            ]
+            succ = np.array([r["success"] for r in per_seed])  # [S, steps]
+            ent = np.array([r["entropy"] for r in per_seed])
+            runs[cond.name] = {
+                "condition": asdict(cond),
+                "final_success": succ[:, -1].tolist(),
+                "final_entropy": ent[:, -1].tolist(),
+                "success_mean_curve": succ.mean(0).tolist(),
+                "entropy_mean_curve": ent.mean(0).tolist(),
+            }
+        fs = {k: np.array(v["final_success"]) for k, v in runs.items()}
+        fe = {k: np.array(v["final_entropy"]) for k, v in runs.items()}
+        comparisons = {
+            "clip_higher_entropy": _compare(fe["eps0.28"], fe["eps0.20"]),
+            "clip_higher_success": _compare(fs["eps0.28"], fs["eps0.20"]),
+            "nll_success": _compare(fs["eps0.28+nll"], fs["eps0.28"]),
+            "nll_entropy": _compare(fe["eps0.28+nll"], fe["eps0.28"]),
+            "group_vs_single_batch": _compare(fs["eps0.28"], fs["single-batch"]),
+            "group_vs_single_exactV": _compare(fs["eps0.28"], fs["single-exactV"]),
+        }
+        # Clip-higher counts as supported only if entropy is higher AND success is not lower.
+        ch = comparisons["clip_higher_entropy"]["call"]
+        if ch == "supported" and comparisons["clip_higher_success"]["call"] == "refuted":
+            ch = "refuted"
+        calls = {"clip_higher": ch, "nll": comparisons["nll_success"]["call"],
+                 "group_sampling": comparisons["group_vs_single_batch"]["call"]}
+        return {
+            "sizes": sz,
+            "seed": seed,
+            "initial_success": float(mdp.success(mdp.init_logits).mean()),
+            "initial_entropy": mdp.entropy(mdp.init_logits),
+            "zero_signal": part_a,
+            "runs": runs,
+            "comparisons": comparisons,
+            "calls": calls,
+        }
 
+    def decide(self, results: dict) -> Verdict:
+        z = results["zero_signal"]["max_abs_z"]
+        status = rule(z, list(results["calls"].values()))
+        summ = summarize(results)
+        line = (f"exploration: {status} — zero-signal formula max|z|={z:.2f}; "
+                f"calls {results['calls']}; final success eps0.20 {summ['eps0.20']['success']:.3f} vs "
+                f"eps0.28 {summ['eps0.28']['success']:.3f} vs +nll {summ['eps0.28+nll']['success']:.3f} vs "
+                f"single {summ['single-batch']['success']:.3f}")
+        return Verdict(status, line, {"zero_signal_max_abs_z": z, "calls": results["calls"],
+                                      "summary": summ})
 
-# ---------------------------------------------------------------------------------------
-# Running: results.json + PNG + verdict line
-# ---------------------------------------------------------------------------------------
-
-
-def write_outputs(out_dir, name: str, payload: dict, plot_fn) -> dict:
-    """Write `payload` to out_dir/results.json and the figure to out_dir/<name>.png."""
-    import json
-    from pathlib import Path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    plot_fn(png)
-    payload = {**payload, "files": {"results": str(out / "results.json"), "plot": str(png)}}
-    (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
-    return payload
-
-
-def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
-    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
-    res = compute(quick=quick, seed=seed)
-    verdict = decide(res["zero_signal"]["max_abs_z"], list(res["calls"].values()))
-    summ = summarize(res)
-    line = (f"{NAME}: {verdict} — zero-signal formula max|z|={res['zero_signal']['max_abs_z']:.2f}; "
-            f"calls {res['calls']}; final success eps0.20 {summ['eps0.20']['success']:.3f} vs "
-            f"eps0.28 {summ['eps0.28']['success']:.3f} vs +nll {summ['eps0.28+nll']['success']:.3f} vs "
-            f"single {summ['single-batch']['success']:.3f}")
-    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
-               "verdict": verdict, "verdict_line": line, "summary": summ, **res}
-    if out_dir is not None:
-        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, p))
-    return payload
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        """Zero-signal formula vs simulation, and success/entropy curves per condition."""
+        fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+        ax = ax[0]
+        rows = results["zero_signal"]["rows"]
+        for g in sorted({r["G"] for r in rows}):
+            sel = [r for r in rows if r["G"] == g]
+            ax[0].plot([r["p"] for r in sel], [r["formula"] for r in sel], "-", label=f"G={g}")
+            ax[0].plot([r["p"] for r in sel], [r["simulated"] for r in sel], "k.", ms=4)
+        ax[0].set(xlabel="success probability p", ylabel="zero-signal fraction",
+                  title="p^G + (1-p)^G (lines) vs simulation (dots)")
+        ax[0].legend(fontsize=7)
+        for name, r in results["runs"].items():
+            ax[1].plot(r["success_mean_curve"], label=name)
+            ax[2].plot(r["entropy_mean_curve"], label=name)
+        ax[1].set(xlabel="PPO step", ylabel="exact success (mean over prompts)", title="success")
+        ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
+        ax[1].legend(fontsize=7)
+        return [save_figure(fig, Path(out_dir) / "exploration.png")]

@@ -2,7 +2,7 @@
 
 A tabular policy cannot generalise by construction (an unseen prompt's parameters are never
 trained), so this experiment uses a *log-linear* softmax policy whose features are shared
-across prompts (theory spec, "Policies"):
+across prompts (docs/theory.md, "Testbed"):
 
     π(a | k, t) ∝ exp θ·φ(k, t, a),   φ(k, t, a) = [x_k ⊗ e_a,  (t/L0)·e_a,  e_a]
 
@@ -27,97 +27,26 @@ prompts of lengths in [2, L0]; then report
 from __future__ import annotations
 
 import math
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
-NAME = "generalization"
-
-HYPOTHESIS = (
-    "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
-    "success gap that shrinks as N grows, while success on unseen longer answers falls with "
-    "the extrapolation length (per-token errors compound); the critic's error on unseen "
-    "prompts tracks the policy's gap."
+from vapo.theory.framework import (
+    Experiment,
+    Verdict,
+    fmt,
+    new_figure,
+    register_experiment,
+    save_figure,
 )
-
-DECISION_RULE = (
-    "prompt_ok: mean gap at the largest N < 0.5 x mean gap at the smallest N, and the gap at "
-    "the smallest N exceeds 2 standard errors (a gap exists to shrink). length_ok: test success "
-    "at the longest length is below test success at the training length scale L0 by > 0.1 "
-    "(absolute). Verdict: supported if both; refuted if neither; inconclusive otherwise. "
-    "The critic relation (Spearman rho of critic test RMSE vs policy gap over (N, seed)) is "
-    "reported as evidence, not part of the verdict."
-)
+from vapo.theory.mdp import LogLinearChain, make_loglinear_chain
 
 L0 = 6  # training length scale: train lengths in [2, L0]
 
 
-def _features_policy(x: torch.Tensor, t_over: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Logit features. x: [K, d]; t_over: [L] (t/L0). Returns φ [K, L, V, F] with
-    F = V·d + V + V, so logits = φ @ θ with θ [F]."""
-    k, d = x.shape
-    L = t_over.shape[0]
-    eye = torch.eye(vocab, dtype=torch.float64)
-    fx = x[:, None, :, None] * eye[None, :, None, :]  # [K, V(a), d, V(slot)]
-    fx = fx.reshape(k, vocab, d * vocab)
-    ft = t_over[:, None, None] * eye[None]  # [L, V, V]
-    parts = [
-        fx[:, None].expand(k, L, vocab, d * vocab),
-        ft[None].expand(k, L, vocab, vocab),
-        eye[None, None].expand(k, L, vocab, vocab),
-    ]
-    return torch.cat(parts, dim=-1)
-
-
-class Problem:
-    """A family of prompts (features, lengths) with a hidden rule; exact success and V^π."""
-
-    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, rule_a: torch.Tensor,
-                 rule_b: torch.Tensor, vocab: int, max_len: int):
-        self.x, self.lengths, self.vocab, self.max_len = x, lengths, vocab, max_len
-        t = torch.arange(max_len, dtype=torch.float64)
-        self.t_over = t / L0
-        score = (x @ rule_a.T)[:, None, :] + self.t_over[None, :, None] * rule_b[None, None, :]
-        self.correct = score.argmax(-1)  # [K, L]
-        self.mask = (t[None, :] < lengths[:, None]).to(torch.float64)  # [K, L]
-        self.phi = _features_policy(x, self.t_over, vocab)  # [K, L, V, F]
-
-    def logp_correct(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K, L] log π(c_k(t) | k, t) (0 at positions ≥ l_k)."""
-        logits = self.phi @ theta
-        logp = torch.log_softmax(logits, dim=-1)
-        return logp.gather(-1, self.correct[..., None]).squeeze(-1) * self.mask
-
-    def success(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K] exact p_k."""
-        return torch.exp(self.logp_correct(theta).sum(1))
-
-    def values(self, theta: torch.Tensor) -> torch.Tensor:
-        """[K, L] exact V^π on the correct path: Π_{u ≥ t} π(c_k(u)); 0 beyond l_k."""
-        lp = self.logp_correct(theta)
-        return torch.exp(torch.flip(torch.cumsum(torch.flip(lp, [1]), 1), [1])) * self.mask
-
-    def critic_features(self) -> torch.Tensor:
-        """[K, L, d + 3] = [x_k, t/L0, (l_k − t)/L0, 1]."""
-        k, L = self.mask.shape
-        t = torch.arange(L, dtype=torch.float64)
-        rem = (self.lengths[:, None].to(torch.float64) - t[None]) / L0
-        return torch.cat([self.x[:, None, :].expand(k, L, -1), (t / L0)[None, :, None].expand(k, L, 1),
-                          rem[..., None], torch.ones(k, L, 1, dtype=torch.float64)], dim=-1)
-
-
-def make_problem(n: int, lengths: tuple[int, int] | int, rule_a, rule_b, vocab: int, d: int,
-                 max_len: int, g: torch.Generator) -> Problem:
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    if isinstance(lengths, int):
-        ls = torch.full((n,), lengths)
-    else:
-        ls = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g)
-    return Problem(x, ls, rule_a, rule_b, vocab, max_len)
-
-
-def train_policy(train: Problem, steps: int, lr: float) -> torch.Tensor:
+def train_policy(train: LogLinearChain, steps: int, lr: float) -> torch.Tensor:
     """Exact policy-gradient ascent on J = mean_k p_k from θ = 0 (uniform policy)."""
     theta = torch.zeros(train.phi.shape[-1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
@@ -129,9 +58,9 @@ def train_policy(train: Problem, steps: int, lr: float) -> torch.Tensor:
     return theta.detach()
 
 
-def critic_errors(theta: torch.Tensor, train: Problem, test: Problem) -> tuple[float, float]:
+def critic_errors(theta: torch.Tensor, train: LogLinearChain, test: LogLinearChain) -> tuple[float, float]:
     """Least-squares linear critic fitted to exact V^π on training states; RMSE (train, test)."""
-    def design(p: Problem):
+    def design(p: LogLinearChain):
         m = p.mask.bool()
         return p.critic_features()[m], p.values(theta)[m]
 
@@ -142,64 +71,11 @@ def critic_errors(theta: torch.Tensor, train: Problem, test: Problem) -> tuple[f
     return rm(xtr, ytr), rm(xte, yte)
 
 
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(n_train=[2, 32], n_test=64, test_lengths=[L0, 24], seeds=[0, 1, 2], steps=150,
-                    lr=0.1, vocab=3, d=6)
-    return dict(n_train=[2, 4, 8, 16, 32, 64, 128], n_test=256, test_lengths=[2, 4, L0, 9, 12, 18, 24, 36, 48],
-                seeds=list(range(6)), steps=400, lr=0.1, vocab=3, d=6)
-
-
-def _spearman(a, b) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
+def spearman(a, b) -> float:
+    """Spearman rank correlation (scipy); NaN when either input is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def compute(quick: bool = False, seed: int = 0) -> dict:
-    sz = sizes(quick)
-    t0 = time.perf_counter()
-    max_len = max(sz["test_lengths"] + [L0])
-    rows = []
-    for s in sz["seeds"]:
-        g = torch.Generator().manual_seed(10_000 * seed + s)
-        rule_a = torch.randn(sz["vocab"], sz["d"], generator=g, dtype=torch.float64)
-        rule_b = torch.randn(sz["vocab"], generator=g, dtype=torch.float64)
-        test_same = make_problem(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
-        test_len = {lt: make_problem(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
-                    for lt in sz["test_lengths"]}
-        for n in sz["n_train"]:
-            train = make_problem(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, g)
-            theta = train_policy(train, sz["steps"], sz["lr"])
-            tr = float(train.success(theta).mean())
-            te = float(test_same.success(theta).mean())
-            c_tr, c_te = critic_errors(theta, train, test_same)
-            rows.append({
-                "seed": s, "n_train": n, "train_success": tr, "test_success": te, "gap": tr - te,
-                "critic_rmse_train": c_tr, "critic_rmse_test": c_te,
-                "test_success_by_length": {str(lt): float(p.success(theta).mean()) for lt, p in test_len.items()},
-            })
-    ns = sz["n_train"]
-    by_n = {}
-    for n in ns:
-        sel = [r for r in rows if r["n_train"] == n]
-        gaps = np.array([r["gap"] for r in sel])
-        by_n[str(n)] = {
-            "gap": float(gaps.mean()), "gap_se": float(gaps.std(ddof=1) / math.sqrt(len(gaps))),
-            "train_success": float(np.mean([r["train_success"] for r in sel])),
-            "test_success": float(np.mean([r["test_success"] for r in sel])),
-            "critic_rmse_train": float(np.mean([r["critic_rmse_train"] for r in sel])),
-            "critic_rmse_test": float(np.mean([r["critic_rmse_test"] for r in sel])),
-        }
-    big = [r for r in rows if r["n_train"] == ns[-1]]
-    by_len = {str(lt): float(np.mean([r["test_success_by_length"][str(lt)] for r in big]))
-              for lt in sz["test_lengths"]}
-    rho = _spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
-    return {"sizes": sz, "seed": seed, "L0": L0, "rows": rows, "by_n": by_n,
-            "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho,
-            "seconds": time.perf_counter() - t0}
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def evidence(res: dict) -> dict:
@@ -214,56 +90,108 @@ def evidence(res: dict) -> dict:
     }
 
 
-def decide(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code. Returns (verdict, the two sub-calls)."""
+def rule(ev: dict) -> tuple[str, dict]:
+    """The decision rule as code on the deciding numbers. Returns (status, the two sub-calls)."""
     prompt_ok = ev["gap_small_n"] > 2 * ev["gap_small_n_se"] and ev["gap_large_n"] < 0.5 * ev["gap_small_n"]
     length_ok = ev["success_at_L0"] - ev["success_at_longest"] > 0.1
     verdict = "supported" if prompt_ok and length_ok else "refuted" if not (prompt_ok or length_ok) else "inconclusive"
     return verdict, {"prompt_ok": bool(prompt_ok), "length_ok": bool(length_ok)}
 
 
-def plot(res: dict, path) -> None:
-    import matplotlib
+@register_experiment("generalization")
+class Generalization(Experiment):
+    claim = "A policy trained on few prompts generalises to unseen prompts and to longer answers (theory_part2.md claim 4)."
+    hypothesis = (
+        "A log-linear policy trained on N prompts generalises to unseen prompts with a train-test "
+        "success gap that shrinks as N grows, while success on unseen longer answers falls with "
+        "the extrapolation length (per-token errors compound); the critic's error on unseen "
+        "prompts tracks the policy's gap."
+    )
+    decision_rule = (
+        "prompt_ok: mean gap at the largest N < 0.5 x mean gap at the smallest N, and the gap at "
+        "the smallest N exceeds 2 standard errors (a gap exists to shrink). length_ok: test success "
+        "at the longest length is below test success at the training length scale L0 by > 0.1 "
+        "(absolute). Verdict: supported if both; refuted if neither; inconclusive otherwise. "
+        "The critic relation (Spearman rho of critic test RMSE vs policy gap over (N, seed)) is "
+        "reported as evidence, not part of the verdict."
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def sizes(self, quick: bool) -> dict:
+        if quick:
+            return dict(n_train=[2, 32], n_test=64, test_lengths=[L0, 24], seeds=[0, 1, 2], steps=150,
+                        lr=0.1, vocab=3, d=6)
+        return dict(n_train=[2, 4, 8, 16, 32, 64, 128], n_test=256, test_lengths=[2, 4, L0, 9, 12, 18, 24, 36, 48],
+                    seeds=list(range(6)), steps=400, lr=0.1, vocab=3, d=6)
 
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-    ns = res["sizes"]["n_train"]
-    bn = res["by_n"]
-    ax[0].plot(ns, [bn[str(n)]["train_success"] for n in ns], "o-", label="train prompts")
-    ax[0].plot(ns, [bn[str(n)]["test_success"] for n in ns], "s-", label="unseen prompts")
-    ax[0].set(xscale="log", xlabel="number of training prompts N", ylabel="exact success", title="prompt generalisation")
-    ax[0].legend()
-    lens = res["sizes"]["test_lengths"]
-    ax[1].plot(lens, [res["by_length_at_max_n"][str(lt)] for lt in lens], "o-")
-    ax[1].axvspan(2, res["L0"], alpha=0.15, label="training lengths")
-    ax[1].set(xlabel="answer length (unseen prompts)", ylabel="exact success",
-              title=f"length extrapolation (N={ns[-1]})")
-    ax[1].legend()
-    ax[2].scatter([r["critic_rmse_test"] for r in res["rows"]], [r["gap"] for r in res["rows"]],
-                  c=np.log2([r["n_train"] for r in res["rows"]]), cmap="viridis")
-    ax[2].set(xlabel="critic RMSE on unseen prompts", ylabel="policy train-test gap",
-              title=f"Spearman rho = {res['spearman_critic_test_rmse_vs_gap']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Train per (seed, N); exact success, gaps, length extrapolation, critic errors (no verdict)."""
+        max_len = max(sz["test_lengths"] + [L0])
+        rows = []
+        for s in sz["seeds"]:
+            g = torch.Generator().manual_seed(10_000 * seed + s)
+            rule_a = torch.randn(sz["vocab"], sz["d"], generator=g, dtype=torch.float64)
+            rule_b = torch.randn(sz["vocab"], generator=g, dtype=torch.float64)
+            test_same = make_loglinear_chain(sz["n_test"], (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+            test_len = {lt: make_loglinear_chain(sz["n_test"], lt, rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+                        for lt in sz["test_lengths"]}
+            for n in sz["n_train"]:
+                train = make_loglinear_chain(n, (2, L0), rule_a, rule_b, sz["vocab"], sz["d"], max_len, L0, g)
+                theta = train_policy(train, sz["steps"], sz["lr"])
+                tr = float(train.success(theta).mean())
+                te = float(test_same.success(theta).mean())
+                c_tr, c_te = critic_errors(theta, train, test_same)
+                rows.append({
+                    "seed": s, "n_train": n, "train_success": tr, "test_success": te, "gap": tr - te,
+                    "critic_rmse_train": c_tr, "critic_rmse_test": c_te,
+                    "test_success_by_length": {str(lt): float(p.success(theta).mean()) for lt, p in test_len.items()},
+                })
+        ns = sz["n_train"]
+        by_n = {}
+        for n in ns:
+            sel = [r for r in rows if r["n_train"] == n]
+            gaps = np.array([r["gap"] for r in sel])
+            by_n[str(n)] = {
+                "gap": float(gaps.mean()), "gap_se": float(gaps.std(ddof=1) / math.sqrt(len(gaps))),
+                "train_success": float(np.mean([r["train_success"] for r in sel])),
+                "test_success": float(np.mean([r["test_success"] for r in sel])),
+                "critic_rmse_train": float(np.mean([r["critic_rmse_train"] for r in sel])),
+                "critic_rmse_test": float(np.mean([r["critic_rmse_test"] for r in sel])),
+            }
+        big = [r for r in rows if r["n_train"] == ns[-1]]
+        by_len = {str(lt): float(np.mean([r["test_success_by_length"][str(lt)] for r in big]))
+                  for lt in sz["test_lengths"]}
+        rho = spearman([r["critic_rmse_test"] for r in rows], [r["gap"] for r in rows])
+        return {"sizes": sz, "seed": seed, "L0": L0, "rows": rows, "by_n": by_n,
+                "by_length_at_max_n": by_len, "spearman_critic_test_rmse_vs_gap": rho}
 
+    def decide(self, results: dict) -> Verdict:
+        ev = evidence(results)
+        status, calls = rule(ev)
+        sz = results["sizes"]
+        line = (f"generalization: {status} — gap {ev['gap_small_n']:.3f}±{ev['gap_small_n_se']:.3f} at N="
+                f"{sz['n_train'][0]} -> {ev['gap_large_n']:.3f} at N={sz['n_train'][-1]}; "
+                f"unseen-prompt success at l={results['L0']}: {ev['success_at_L0']:.3f}, at l="
+                f"{sz['test_lengths'][-1]}: {ev['success_at_longest']:.3f}; critic-RMSE/gap "
+                f"Spearman {fmt(results['spearman_critic_test_rmse_vs_gap'], '.2f')}")
+        return Verdict(status, line, {**ev, **calls})
 
-def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
-    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
-    from vapo.theory.exp_exploration import write_outputs
-
-    res = compute(quick=quick, seed=seed)
-    ev = evidence(res)
-    verdict, calls = decide(ev)
-    line = (f"{NAME}: {verdict} — gap {ev['gap_small_n']:.3f}±{ev['gap_small_n_se']:.3f} at N="
-            f"{res['sizes']['n_train'][0]} -> {ev['gap_large_n']:.3f} at N={res['sizes']['n_train'][-1]}; "
-            f"unseen-prompt success at l={L0}: {ev['success_at_L0']:.3f}, at l="
-            f"{res['sizes']['test_lengths'][-1]}: {ev['success_at_longest']:.3f}; critic-RMSE/gap "
-            f"Spearman {res['spearman_critic_test_rmse_vs_gap']:.2f}")
-    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
-               "verdict": verdict, "verdict_line": line, "evidence": ev, "calls": calls, **res}
-    if out_dir is not None:
-        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, p))
-    return payload
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+        ax = ax[0]
+        ns = results["sizes"]["n_train"]
+        bn = results["by_n"]
+        ax[0].plot(ns, [bn[str(n)]["train_success"] for n in ns], "o-", label="train prompts")
+        ax[0].plot(ns, [bn[str(n)]["test_success"] for n in ns], "s-", label="unseen prompts")
+        ax[0].set(xscale="log", xlabel="number of training prompts N", ylabel="exact success", title="prompt generalisation")
+        ax[0].legend()
+        lens = results["sizes"]["test_lengths"]
+        ax[1].plot(lens, [results["by_length_at_max_n"][str(lt)] for lt in lens], "o-")
+        ax[1].axvspan(2, results["L0"], alpha=0.15, label="training lengths")
+        ax[1].set(xlabel="answer length (unseen prompts)", ylabel="exact success",
+                  title=f"length extrapolation (N={ns[-1]})")
+        ax[1].legend()
+        ax[2].scatter([r["critic_rmse_test"] for r in results["rows"]], [r["gap"] for r in results["rows"]],
+                      c=np.log2([r["n_train"] for r in results["rows"]]), cmap="viridis")
+        ax[2].set(xlabel="critic RMSE on unseen prompts", ylabel="policy train-test gap",
+                  title=f"Spearman rho = {fmt(results['spearman_critic_test_rmse_vs_gap'], '.2f')}")
+        return [save_figure(fig, Path(out_dir) / "generalization.png")]

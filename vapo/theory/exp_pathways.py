@@ -6,7 +6,7 @@ and a tabular softmax policy. Everything is exact: V^π(k, t, ok) = Π_{u≥t} �
 on the correct path and 0 after a mistake, so A^π(s_t, a_t) = V^π(s_{t+1}) − V^π(s_t) (γ = 1,
 deterministic transitions), and ∇J for J = mean_k p_k by autograd.
 
-Controlled critics (theory spec, "Controlled critics"): V̂(s) = V^π(s) + β·min(1, d/D) + η(s),
+Controlled critics (docs/theory.md, "Testbed"): V̂(s) = V^π(s) + β·min(1, d/D) + η(s),
 a bias that grows with the distance d from the end (claim 1) plus state-dependent noise η
 (one fixed draw per state, so all members of a group share V̂ at shared states).
 
@@ -20,30 +20,14 @@ cosine between the batch policy-gradient estimate Σ_t Â_t ∇log π(a_t|s_t) /
 from __future__ import annotations
 
 import math
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import vapo.algos.pathways  # noqa: F401  (registers the pathway estimators)
 from vapo.algos import AdvantageInput, AdvantageParams, get_advantage_estimator
-from vapo.theory.exp_exploration import ChainMDP, exact_success, make_chain
-
-NAME = "pathways"
-
-HYPOTHESIS = (
-    "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
-    "advantages better than VAPO's adaptive lambda and fixed lambda = 0.95 on the exact testbed."
-)
-
-DECISION_RULE = (
-    "A pathway is 'kept' on the testbed iff (a) its MSE against A^pi, averaged over the critic "
-    "conditions, is below both baselines' (adaptive lambda, lambda = 0.95) and (b) its mean "
-    "cosine to the exact grad J is not below the better baseline's by more than 2 standard "
-    "errors of the paired per-batch difference. Verdict: supported if >= 1 pathway is kept; "
-    "refuted if no pathway is kept and every pathway is worse than the better baseline on both "
-    "metrics; inconclusive otherwise."
-)
+from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
+from vapo.theory.mdp import ChainMDP, make_chain
 
 BASELINES = {
     "gae_fixed_0.95": ("gae", dict(lam_actor=0.95)),
@@ -53,19 +37,6 @@ PATHWAYS = {
     "gae_error_aware": ("gae_error_aware", dict()),
     "gae_mc_anchored": ("gae_mc_anchored", dict(lam_actor=None, alpha=0.05)),
 }
-
-
-def exact_values(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
-    """[K, L+1] V^π(k, t, ok) on the correct path; column l_k (terminal) and beyond: 0."""
-    logp0 = torch.log_softmax(logits, dim=-1)[..., 0] * mdp.mask
-    v = torch.exp(torch.flip(torch.cumsum(torch.flip(logp0, [1]), 1), [1])) * mdp.mask
-    return torch.cat([v, torch.zeros(v.shape[0], 1, dtype=v.dtype)], dim=1)
-
-
-def exact_grad(logits: torch.Tensor, mdp: ChainMDP) -> torch.Tensor:
-    th = logits.clone().requires_grad_(True)
-    exact_success(th, mdp).mean().backward()
-    return th.grad.detach()
 
 
 def evaluate_batch(logits, mdp: ChainMDP, v_exact, noise, beta, horizon, n_prompts, group, g):
@@ -94,7 +65,7 @@ def evaluate_batch(logits, mdp: ChainMDP, v_exact, noise, beta, horizon, n_promp
     inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=v_hat, scores=success,
                          group_index=prompts)
     pi = torch.softmax(logits, dim=-1)
-    grad = exact_grad(logits, mdp).flatten()
+    grad = mdp.grad(logits).flatten()
     out = {}
     for name, (est, kw) in {**BASELINES, **PATHWAYS}.items():
         adv = get_advantage_estimator(est)(inp, AdvantageParams(lam_critic=1.0, **kw)).advantages
@@ -115,31 +86,6 @@ CRITICS = {  # name: (bias β at distance ≥ horizon, noise std)
     "bias0.1+noise0.05": (0.1, 0.05),
     "bias0.3+noise0.1": (0.3, 0.1),
 }
-
-
-def sizes(quick: bool) -> dict:
-    if quick:
-        return dict(n_prompts_mdp=8, max_len=48, vocab=4, batches=4, n_prompts=4, group=4, horizon=24)
-    return dict(n_prompts_mdp=32, max_len=512, vocab=4, batches=24, n_prompts=8, group=8, horizon=128)
-
-
-def compute(quick: bool = False, seed: int = 0) -> dict:
-    sz = sizes(quick)
-    t0 = time.perf_counter()
-    mdp = make_chain(sz["n_prompts_mdp"], sz["max_len"], sz["vocab"], (0.05, 0.8), seed)
-    logits = mdp.init_logits
-    v_exact = exact_values(logits, mdp)
-    names = list(BASELINES) + list(PATHWAYS)
-    per_critic = {}
-    for ci, (cname, (beta, sd)) in enumerate(CRITICS.items()):
-        g = torch.Generator().manual_seed(100 * seed + ci)
-        noise = (sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64),
-                 sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64))
-        res = [evaluate_batch(logits, mdp, v_exact, noise, beta, sz["horizon"], sz["n_prompts"], sz["group"], g)
-               for _ in range(sz["batches"])]
-        per_critic[cname] = {n: {"mse": [r[n][0] for r in res], "cos": [r[n][1] for r in res]} for n in names}
-    return {"sizes": sz, "seed": seed, "critics": CRITICS, "per_critic": per_critic,
-            "lengths": mdp.lengths.tolist(), "seconds": time.perf_counter() - t0}
 
 
 def evidence(res: dict) -> dict:
@@ -165,8 +111,8 @@ def evidence(res: dict) -> dict:
             "baseline_cos": {n: summary[n]["cos"] for n in BASELINES}}
 
 
-def decide(ev: dict) -> tuple[str, dict]:
-    """DECISION_RULE as code. Returns (verdict, {pathway: kept?})."""
+def rule(ev: dict) -> tuple[str, dict]:
+    """The decision rule as code on the deciding numbers. Returns (status, {pathway: kept?})."""
     s = ev["summary"]
     best_mse = min(ev["baseline_mse"].values())
     best_cos = max(ev["baseline_cos"].values())
@@ -185,45 +131,68 @@ def decide(ev: dict) -> tuple[str, dict]:
     return verdict, kept
 
 
-def plot(res: dict, ev: dict, path) -> None:
-    import matplotlib
+@register_experiment("pathways")
+class Pathways(Experiment):
+    claim = "Advantage estimators beyond VAPO's improve on it on an exact testbed (theory_part2.md claim 6)."
+    hypothesis = (
+        "At least one proposed pathway (critic-error-aware lambda, MC-anchored values) estimates "
+        "advantages better than VAPO's adaptive lambda and fixed lambda = 0.95 on the exact testbed."
+    )
+    decision_rule = (
+        "A pathway is 'kept' on the testbed iff (a) its MSE against A^pi, averaged over the critic "
+        "conditions, is below both baselines' (adaptive lambda, lambda = 0.95) and (b) its mean "
+        "cosine to the exact grad J is not below the better baseline's by more than 2 standard "
+        "errors of the paired per-batch difference. Verdict: supported if >= 1 pathway is kept; "
+        "refuted if no pathway is kept and every pathway is worse than the better baseline on both "
+        "metrics; inconclusive otherwise."
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def sizes(self, quick: bool) -> dict:
+        if quick:
+            return dict(n_prompts_mdp=8, max_len=48, vocab=4, batches=4, n_prompts=4, group=4, horizon=24)
+        return dict(n_prompts_mdp=32, max_len=512, vocab=4, batches=24, n_prompts=8, group=8, horizon=128)
 
-    s = ev["summary"]
-    critics = list(res["per_critic"])
-    names = list(s)
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
-    w = 0.8 / len(names)
-    for j, n in enumerate(names):
-        xs = np.arange(len(critics)) + j * w
-        ax[0].bar(xs, [s[n]["mse_by_critic"][c] for c in critics], w, label=n)
-        ax[1].bar(xs, [s[n]["cos_by_critic"][c] for c in critics], w, label=n)
-    for a, t in zip(ax, ["MSE vs exact A^pi (lower is better)", "cosine to exact grad J (higher is better)"], strict=True):
-        a.set_xticks(np.arange(len(critics)) + 0.4 - w / 2)
-        a.set_xticklabels(critics, rotation=15, fontsize=8)
-        a.set_title(t)
-    ax[0].set_yscale("log")
-    ax[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def compute(self, sz: dict, seed: int) -> dict:
+        """Per critic condition and sampled batch: every estimator's MSE and cosine (no verdict)."""
+        mdp = make_chain(sz["n_prompts_mdp"], sz["max_len"], sz["vocab"], (0.05, 0.8), seed)
+        logits = mdp.init_logits
+        v_exact = mdp.values(logits)
+        names = list(BASELINES) + list(PATHWAYS)
+        per_critic = {}
+        for ci, (cname, (beta, sd)) in enumerate(CRITICS.items()):
+            g = torch.Generator().manual_seed(100 * seed + ci)
+            noise = (sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64),
+                     sd * torch.randn(logits.shape[:2], generator=g, dtype=torch.float64))
+            res = [evaluate_batch(logits, mdp, v_exact, noise, beta, sz["horizon"], sz["n_prompts"], sz["group"], g)
+                   for _ in range(sz["batches"])]
+            per_critic[cname] = {n: {"mse": [r[n][0] for r in res], "cos": [r[n][1] for r in res]} for n in names}
+        return {"sizes": sz, "seed": seed, "critics": CRITICS, "per_critic": per_critic,
+                "lengths": mdp.lengths.tolist()}
 
+    def decide(self, results: dict) -> Verdict:
+        ev = evidence(results)
+        status, kept = rule(ev)
+        s = ev["summary"]
+        line = (f"pathways: {status} — kept on testbed: {[n for n, k in kept.items() if k] or 'none'}; "
+                + "; ".join(f"{n} MSE {s[n]['mse']:.4g} cos {s[n]['cos']:.3f}" for n in s))
+        return Verdict(status, line, {"kept_on_testbed": kept, **ev})
 
-def run(out_dir=None, quick: bool = False, seed: int = 0) -> dict:
-    """Hypothesis and rule are fixed above (before computing); compute, decide, write."""
-    from vapo.theory.exp_exploration import write_outputs
-
-    res = compute(quick=quick, seed=seed)
-    ev = evidence(res)
-    verdict, kept = decide(ev)
-    s = ev["summary"]
-    line = f"{NAME}: {verdict} — kept on testbed: {[n for n, k in kept.items() if k] or 'none'}; " + "; ".join(
-        f"{n} MSE {s[n]['mse']:.4g} cos {s[n]['cos']:.3f}" for n in s)
-    payload = {"name": NAME, "hypothesis": HYPOTHESIS, "decision_rule": DECISION_RULE,
-               "verdict": verdict, "verdict_line": line, "kept_on_testbed": kept,
-               "evidence": ev, **res}
-    if out_dir is not None:
-        payload = write_outputs(out_dir, NAME, payload, lambda p: plot(res, ev, p))
-    return payload
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        ev = evidence(results)
+        s = ev["summary"]
+        critics = list(results["per_critic"])
+        names = list(s)
+        fig, ax = new_figure(2, 1, size=(6.5, 4.0))
+        ax = ax[0]
+        w = 0.8 / len(names)
+        for j, n in enumerate(names):
+            xs = np.arange(len(critics)) + j * w
+            ax[0].bar(xs, [s[n]["mse_by_critic"][c] for c in critics], w, label=n)
+            ax[1].bar(xs, [s[n]["cos_by_critic"][c] for c in critics], w, label=n)
+        for a, t in zip(ax, ["MSE vs exact A^pi (lower is better)", "cosine to exact grad J (higher is better)"], strict=True):
+            a.set_xticks(np.arange(len(critics)) + 0.4 - w / 2)
+            a.set_xticklabels(critics, rotation=15, fontsize=8)
+            a.set_title(t)
+        ax[0].set_yscale("log")
+        ax[0].legend(fontsize=7)
+        return [save_figure(fig, Path(out_dir) / "pathways.png")]

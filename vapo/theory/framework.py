@@ -2,7 +2,7 @@
 
 Every experiment states, *before* it computes anything,
 
-* ``claim``           the statement under test (one line, from docs/theory.md / spec),
+* ``claim``           the statement under test (one line, from docs/theory.md),
 * ``hypothesis``      what we expect to measure if the claim holds,
 * ``decision_rule``   the rule as text, and ``decide(results) -> Verdict`` the same rule as code.
 
@@ -10,13 +10,9 @@ Every experiment states, *before* it computes anything,
 (the verdict is never written by hand), saves the plots, writes ``results.json`` and returns an
 :class:`ExperimentResult`.
 
-Two ways to add an experiment:
-
-1. subclass :class:`Experiment` and decorate it with ``@register_experiment("name")``;
-2. a plain module exposing ``NAME``, ``HYPOTHESIS``, ``DECISION_RULE`` and
-   ``run(out_dir, quick, seed) -> dict`` (with keys ``verdict`` and ``verdict_line``, the
-   verdict computed by the module's own ``decide``), registered with
-   :func:`register_module_experiment`.
+To add an experiment, subclass :class:`Experiment` in a module ``vapo/theory/exp_*.py``,
+decorate it with ``@register_experiment("name")`` and list the module in
+``_EXPERIMENT_MODULES``. Every experiment's model lives in :mod:`vapo.theory.mdp`.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vapo.errors import VapoError, unknown_name_error
+from vapo.registry import Registry
 
 Status = Literal["supported", "refuted", "inconclusive"]
 STATUSES: tuple[str, ...] = ("supported", "refuted", "inconclusive")
@@ -126,96 +123,51 @@ class Experiment:
         return res
 
 
-class ModuleExperiment(Experiment):
-    """Adapter for an experiment written as a module (NAME, HYPOTHESIS, DECISION_RULE,
-    ``run(out_dir, quick, seed) -> payload``); the module's own decide() sets the verdict."""
-
-    def __init__(self, name: str, module: str):
-        self.name = name
-        self.module_name = module
-        self._mod = None
-
-    @property
-    def module(self):
-        if self._mod is None:
-            self._mod = importlib.import_module(self.module_name)
-        return self._mod
-
-    @property
-    def claim(self) -> str:  # type: ignore[override]
-        doc = (self.module.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else self.name
-
-    @property
-    def hypothesis(self) -> str:  # type: ignore[override]
-        return self.module.HYPOTHESIS
-
-    @property
-    def decision_rule(self) -> str:  # type: ignore[override]
-        return self.module.DECISION_RULE
-
-    def run(self, seed: int = 0, out_dir: Path | None = None, quick: bool = False) -> ExperimentResult:
-        t0 = time.perf_counter()
-        payload = self.module.run(out_dir, quick=quick, seed=seed)
-        numbers = payload.get("evidence") or payload.get("summary") or payload.get("calls") or {}
-        verdict = Verdict(payload["verdict"], payload["verdict_line"], json_safe(numbers))
-        plots = []
-        if out_dir is not None:
-            plots = sorted(Path(out_dir).glob("*.png"))
-        return ExperimentResult(self.name, self.claim, self.hypothesis, self.decision_rule, verdict,
-                                json_safe(payload), plots, time.perf_counter() - t0, seed,
-                                json_safe(payload.get("sizes", {})))
-
-
 # ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
 
-EXPERIMENTS: dict[str, Experiment] = {}
-# Modules that hold experiments; importing them fills EXPERIMENTS (see `load_experiments`).
+EXPERIMENTS: Registry[Experiment] = Registry("theory experiment", where="vapo theory NAME")
+# Modules that hold experiments, in run order; importing them fills EXPERIMENTS.
 _EXPERIMENT_MODULES = ("vapo.theory.exp_value_error", "vapo.theory.exp_adaptive_lambda",
-                       "vapo.theory.exp_token_bias")
-_MODULE_EXPERIMENTS = {"generalization": "vapo.theory.exp_generalization",
-                       "exploration": "vapo.theory.exp_exploration",
-                       "pathways": "vapo.theory.exp_pathways"}
+                       "vapo.theory.exp_token_bias", "vapo.theory.exp_generalization",
+                       "vapo.theory.exp_exploration", "vapo.theory.exp_pathways")
 
 
 def register_experiment(name: str) -> Callable[[type[Experiment]], type[Experiment]]:
-    """Class decorator: ``@register_experiment("value_error") class X(Experiment): ...``."""
+    """Class decorator: ``@register_experiment("value_error") class X(Experiment): ...``
+    registers one instance of the class under ``name``."""
 
     def deco(cls: type[Experiment]) -> type[Experiment]:
-        if name in EXPERIMENTS and type(EXPERIMENTS[name]) is not cls:
-            raise VapoError(f"experiment {name!r} is registered twice", where=cls.__module__,
-                            fix="pick a new name")
+        old = EXPERIMENTS[name] if name in EXPERIMENTS else None
+        if old is not None and type(old) is cls:  # module imported again
+            return cls
         cls.name = name
-        EXPERIMENTS[name] = cls()
+        EXPERIMENTS.register(name)(cls())
         return cls
 
     return deco
 
 
-def register_module_experiment(name: str, module: str) -> None:
-    """Register a module-style experiment (imported lazily when run)."""
-    EXPERIMENTS.setdefault(name, ModuleExperiment(name, module))
-
-
 def load_experiments() -> dict[str, Experiment]:
-    """Import every experiment module; returns the registry in run order."""
+    """Import every experiment module; returns ``{name: experiment}`` in run order."""
     for m in _EXPERIMENT_MODULES:
         importlib.import_module(m)
-    for name, m in _MODULE_EXPERIMENTS.items():
-        register_module_experiment(name, m)
-    order = ["value_error", "adaptive_lambda", "token_bias", *_MODULE_EXPERIMENTS]
-    return {n: EXPERIMENTS[n] for n in order + [n for n in EXPERIMENTS if n not in order]
-            if n in EXPERIMENTS}
+
+    def rank(item: tuple[str, Experiment]) -> int:  # user-registered experiments come last
+        mod = type(item[1]).__module__
+        return _EXPERIMENT_MODULES.index(mod) if mod in _EXPERIMENT_MODULES else len(_EXPERIMENT_MODULES)
+
+    return dict(sorted(EXPERIMENTS.items(), key=rank))
 
 
 def get_experiment(name: str) -> Experiment:
-    exps = load_experiments()
-    if name not in exps:
-        raise unknown_name_error("theory experiment", name, list(exps) + ["all", "list"],
+    """The experiment registered as ``name``; unknown names raise (did-you-mean, 'all', 'list')."""
+    load_experiments()
+    if name not in EXPERIMENTS:
+        raise unknown_name_error("theory experiment", name, EXPERIMENTS.names() + ["all", "list"],
                                  where="vapo theory NAME")
-    return exps[name]
+    return EXPERIMENTS.get(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,6 +196,14 @@ def json_safe(x: Any) -> Any:
         f = float(x)
         return f if math.isfinite(f) else None
     return x
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    """Format a number for a verdict line; None (a non-finite value after json_safe) or NaN
+    prints as 'n/a'."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return format(x, spec)
 
 
 def write_results_json(path: Path, data: dict) -> Path:

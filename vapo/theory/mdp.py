@@ -1,6 +1,6 @@
 """Exact token MDPs with sparse terminal reward, and their dynamic-programming ground truth.
 
-The testbed of the theory lab (docs/theory.md, spec "The testbed: exact token MDPs").
+The testbed of the theory lab (docs/theory.md, "Testbed").
 
 Model
 -----
@@ -53,10 +53,19 @@ Public API (all numpy float64; ``L = mdp.max_len``, ``M1 = mdp.n_m = tolerance +
   ``mask [B, T]``, ``token_rewards [B, T]`` (reward on the last real token), ``lengths [B]``,
   ``success [B]``; ``.gather(table[K, L+1, M1]) -> [B, T]`` (0 at padding) and ``.torch()``
   for vapo.algos (float64 tensors).
+
+Chain MDPs (torch float64, differentiable; the policy sees (prompt, position) only)
+------------------------------------------------------------------------------------
+* :class:`ChainMDP` / :func:`make_chain`: tabular softmax logits [K, L, V], one correct token
+  of V per position; ``.success``, ``.entropy``, ``.values`` (V^π on the correct path),
+  ``.grad`` (∇ mean_k p_k) — used by the exploration and pathways experiments.
+* :class:`LogLinearChain` / :func:`make_loglinear_chain`: a log-linear policy with features
+  shared across prompts and a hidden realisable rule — used by the generalization experiment.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -416,3 +425,147 @@ def sample(mdp: TokenMDP, logits: np.ndarray, n_or_prompts, rng: np.random.Gener
     t_idx = np.broadcast_to(np.arange(T)[None, :], (B, T)).copy()
     return Trajectories(prompts, actions[:, :T], t_idx, m_idx[:, :T] * (mask > 0), mask,
                         rewards[:, :T], lengths, success)
+
+
+# =======================================================================================
+# Chain MDPs: the policy depends on (prompt, position) only
+# =======================================================================================
+#
+# A chain MDP is the fixed-length special case of the model above in which the policy does
+# not see the mistake count: prompt k needs exactly l_k tokens, one of V tokens is correct at
+# each position, the reward is 1 iff every token is correct. Because the policy at (k, t)
+# ignores earlier tokens, success and V^π on the correct path are products of per-position
+# probabilities — exact in closed form and differentiable by autograd (torch float64). The
+# V − 1 wrong tokens are kept distinct (not merged into one MISTAKE class) because the
+# softmax over V logits, and so the PPO dynamics, depend on V.
+
+
+@dataclass(frozen=True)
+class ChainMDP:
+    """K prompts; prompt k needs l_k tokens, the correct token at every position is 0; the
+    policy is tabular softmax logits [K, L, V] over (prompt, position).
+
+    lengths: [K] int; vocab: V; init_logits: [K, L, V] float64 tensor the policy starts from
+    (positions ≥ l_k are unused and masked everywhere).
+    """
+
+    lengths: torch.Tensor
+    vocab: int
+    init_logits: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:  # [K, L] float64, 1 on each prompt's real positions
+        L = self.init_logits.shape[1]
+        return (torch.arange(L)[None, :] < self.lengths[:, None]).to(torch.float64)
+
+    def success(self, logits: torch.Tensor) -> torch.Tensor:
+        """[K] exact success probability p_k = Π_{t<l_k} π(0 | k, t)."""
+        logp0 = torch.log_softmax(logits, dim=-1)[..., 0]
+        return torch.exp((logp0 * self.mask).sum(dim=1))
+
+    def entropy(self, logits: torch.Tensor) -> float:
+        """Mean over prompts and real positions of the policy's entropy (nats)."""
+        logp = torch.log_softmax(logits, dim=-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        return float((ent * self.mask).sum() / self.mask.sum())
+
+    def values(self, logits: torch.Tensor) -> torch.Tensor:
+        """[K, L+1] V^π(k, t, ok) on the correct path; column l_k (terminal) and beyond: 0."""
+        logp0 = torch.log_softmax(logits, dim=-1)[..., 0] * self.mask
+        v = torch.exp(torch.flip(torch.cumsum(torch.flip(logp0, [1]), 1), [1])) * self.mask
+        return torch.cat([v, torch.zeros(v.shape[0], 1, dtype=v.dtype)], dim=1)
+
+    def grad(self, logits: torch.Tensor) -> torch.Tensor:
+        """[K, L, V] exact ∇ of J = mean_k p_k with respect to the logits (autograd)."""
+        th = logits.clone().requires_grad_(True)
+        self.success(th).mean().backward()
+        return th.grad.detach()
+
+
+def make_chain(n_prompts: int, max_len: int, vocab: int, p_range: tuple[float, float], seed: int) -> ChainMDP:
+    """Prompts with lengths in [max_len/4, max_len] and initial success p_k log-uniform in
+    p_range: the correct token's probability is q_k = p_k^(1/l_k) at every position."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, max_len // 4), max_len + 1, (n_prompts,), generator=g)
+    lo, hi = math.log(p_range[0]), math.log(p_range[1])
+    p0 = torch.exp(lo + (hi - lo) * torch.rand(n_prompts, generator=g, dtype=torch.float64))
+    q = p0 ** (1.0 / lengths.to(torch.float64))
+    logit_c = torch.log(q * (vocab - 1) / (1 - q))  # softmax([c, 0, ..., 0])[0] = q
+    logits = torch.zeros(n_prompts, max_len, vocab, dtype=torch.float64)
+    logits[:, :, 0] = logit_c[:, None]
+    return ChainMDP(lengths=lengths, vocab=vocab, init_logits=logits)
+
+
+def chain_loglinear_features(x: torch.Tensor, t_over: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Logit features of a log-linear chain policy. x: [K, d] prompt features; t_over: [L]
+    (t / length_scale). Returns φ [K, L, V, F] with F = V·d + V + V:
+    φ(k, t, a) = [x_k ⊗ e_a, (t/L0)·e_a, e_a], so logits = φ @ θ with θ [F]."""
+    k, d = x.shape
+    L = t_over.shape[0]
+    eye = torch.eye(vocab, dtype=torch.float64)
+    fx = x[:, None, :, None] * eye[None, :, None, :]  # [K, V(a), d, V(slot)]
+    fx = fx.reshape(k, vocab, d * vocab)
+    ft = t_over[:, None, None] * eye[None]  # [L, V, V]
+    parts = [
+        fx[:, None].expand(k, L, vocab, d * vocab),
+        ft[None].expand(k, L, vocab, vocab),
+        eye[None, None].expand(k, L, vocab, vocab),
+    ]
+    return torch.cat(parts, dim=-1)
+
+
+class LogLinearChain:
+    """A chain MDP whose policy is log-linear with features shared across prompts, so that
+    it can generalise to unseen prompts: prompt k has features x_k [d] and length l_k; the
+    correct token at position t is c_k(t) = argmax_a [(A x_k)_a + (t/L0)·b_a] for a hidden
+    rule (A, b) — realisable by the policy class. Exact success and V^π (torch float64).
+
+    Args:
+        x: [K, d]; lengths: [K] int; rule_a: [V, d]; rule_b: [V]; vocab: V;
+        max_len: L (≥ every l_k); length_scale: L0 of the position feature t/L0.
+    """
+
+    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, rule_a: torch.Tensor,
+                 rule_b: torch.Tensor, vocab: int, max_len: int, length_scale: int):
+        self.x, self.lengths, self.vocab, self.max_len = x, lengths, vocab, max_len
+        self.length_scale = length_scale
+        t = torch.arange(max_len, dtype=torch.float64)
+        self.t_over = t / length_scale
+        score = (x @ rule_a.T)[:, None, :] + self.t_over[None, :, None] * rule_b[None, None, :]
+        self.correct = score.argmax(-1)  # [K, L]
+        self.mask = (t[None, :] < lengths[:, None]).to(torch.float64)  # [K, L]
+        self.phi = chain_loglinear_features(x, self.t_over, vocab)  # [K, L, V, F]
+
+    def logp_correct(self, theta: torch.Tensor) -> torch.Tensor:
+        """[K, L] log π(c_k(t) | k, t) (0 at positions ≥ l_k)."""
+        logp = torch.log_softmax(self.phi @ theta, dim=-1)
+        return logp.gather(-1, self.correct[..., None]).squeeze(-1) * self.mask
+
+    def success(self, theta: torch.Tensor) -> torch.Tensor:
+        """[K] exact p_k."""
+        return torch.exp(self.logp_correct(theta).sum(1))
+
+    def values(self, theta: torch.Tensor) -> torch.Tensor:
+        """[K, L] exact V^π on the correct path: Π_{u ≥ t} π(c_k(u)); 0 beyond l_k."""
+        lp = self.logp_correct(theta)
+        return torch.exp(torch.flip(torch.cumsum(torch.flip(lp, [1]), 1), [1])) * self.mask
+
+    def critic_features(self) -> torch.Tensor:
+        """[K, L, d + 3] = [x_k, t/L0, (l_k − t)/L0, 1]."""
+        k, L = self.mask.shape
+        t = torch.arange(L, dtype=torch.float64)
+        rem = (self.lengths[:, None].to(torch.float64) - t[None]) / self.length_scale
+        return torch.cat([self.x[:, None, :].expand(k, L, -1),
+                          (t / self.length_scale)[None, :, None].expand(k, L, 1),
+                          rem[..., None], torch.ones(k, L, 1, dtype=torch.float64)], dim=-1)
+
+
+def make_loglinear_chain(n: int, lengths: tuple[int, int] | int, rule_a, rule_b, vocab: int, d: int,
+                         max_len: int, length_scale: int, g: torch.Generator) -> LogLinearChain:
+    """n prompts with standard-normal features and lengths uniform in [lo, hi] (or fixed)."""
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if isinstance(lengths, int):
+        ls = torch.full((n,), lengths)
+    else:
+        ls = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g)
+    return LogLinearChain(x, ls, rule_a, rule_b, vocab, max_len, length_scale)

@@ -1,0 +1,95 @@
+"""One small registry type for every name → object table of the project.
+
+Advantage estimators, policy losses and loss-aggregation modes (``vapo.algos``), tasks
+(``vapo.tasks``) and theory-lab experiments (``vapo.theory``) are each a :class:`Registry`:
+
+>>> from vapo.registry import Registry
+>>> SHAPES: Registry[int] = Registry("shape", where="shape.name")
+>>> @SHAPES.register("square")
+... def _square() -> int:
+...     return 4
+>>> SHAPES.get("square")()
+4
+>>> SHAPES.names()
+['square']
+
+``get`` of an unknown name raises :class:`vapo.errors.VapoError` listing the known names with
+a did-you-mean hint. A registry is a read-only mapping (``in``, iteration, ``reg[name]``,
+``len``); ``pop`` exists for tests and plug-ins that register temporary entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+from vapo.errors import VapoError, unknown_name_error
+
+T = TypeVar("T")
+
+__all__ = ["Registry"]
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """A name → object table.
+
+    Args:
+        kind: what the entries are, for error messages ("advantage estimator", "task", ...).
+        where: where a user wrote the name (config field, CLI argument), for error messages.
+    """
+
+    def __init__(self, kind: str, *, where: str | None = None):
+        self.kind = kind
+        self.where = where
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("name")`` adds the decorated object under ``name`` and
+        returns it unchanged. Registering a taken name with another object raises VapoError
+        (registering the same object twice is a no-op, so re-importing a module is safe)."""
+        if not isinstance(name, str) or not name:
+            raise VapoError(f"a {self.kind} name must be a non-empty string, got {name!r}",
+                            where=f"register({name!r})", fix="pass a name such as 'my_name'")
+
+        def deco(obj: T) -> T:
+            old = self._items.get(name)
+            if old is not None and old is not obj:
+                raise VapoError(f"{self.kind} {name!r} is already registered",
+                                where=f"register({name!r})",
+                                fix="choose another name (names are global)")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:  # type: ignore[override]  # raises instead of a default
+        """The object registered as ``name``; an unknown name raises VapoError with the known
+        names and a did-you-mean hint."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise unknown_name_error(self.kind, str(name), self._items, where=self.where) from None
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._items)
+
+    def pop(self, name: str, default: T | None = None) -> T | None:
+        """Remove ``name`` and return its object (``default`` when absent), as ``dict.pop``;
+        for tests and plug-ins that register temporary entries."""
+        return self._items.pop(name, default)
+
+    def __getitem__(self, name: str) -> T:
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()})"
