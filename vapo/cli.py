@@ -63,6 +63,13 @@ def _config_epilog() -> str:
     return "\b\n" + "\n".join(lines)
 
 
+def _training_callbacks() -> list[Any]:
+    """The callbacks `vapo train` runs the loop with: the in-training diagnostics (diagnose_every)."""
+    from vapo.diagnostics.hook import DiagnosticsCallback
+
+    return [DiagnosticsCallback()]
+
+
 @app.command(epilog=_config_epilog())
 @_friendly
 def train(
@@ -89,7 +96,7 @@ def train(
                 where="vapo train --resume",
                 fix="drop the other options, or start a new run without --resume",
             )
-        resume_run(resume, progress=not quiet)
+        resume_run(resume, progress=not quiet, callbacks=_training_callbacks())
         return
     overrides = list(set_ or [])
     for key, val in (("task.name", task), ("model.size", size), ("seed", seed), ("train.iterations", iterations)):
@@ -98,7 +105,7 @@ def train(
     cfg = resolve_config(preset, config, overrides)
     from vapo.train import start_run
 
-    start_run(cfg, name=name, progress=not quiet)
+    start_run(cfg, name=name, progress=not quiet, callbacks=_training_callbacks())
 
 
 @app.command("eval")

@@ -67,7 +67,7 @@ class PolicyLossConfig(_Section):
     agg_mode: str = Field("token-mean", description="loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm")
     norm_len: int | None = Field(None, ge=1, description="constant T_max for seq-mean-token-sum-norm (default: rollout.max_new_tokens)")
     nll_coef: float = Field(0.1, ge=0.0, description="μ of the positive-example NLL loss (VAPO §5); 0 disables it")
-    entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus coefficient (0 in all presets)")
+    entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus coefficient (0 in all presets); the bonus is aggregated with agg_mode like the policy loss")
 
 
 class CriticConfig(_Section):
@@ -77,12 +77,12 @@ class CriticConfig(_Section):
     pretrain_patience: int = Field(5, ge=1, description="window w of the stop rule: stop when the mean value loss of the last w steps is not below that of the w steps before by pretrain_tol (relative)")
     pretrain_tol: float = Field(0.02, ge=0.0, description="relative improvement of the windowed value loss below which value pretraining stops")
     value_clip: float | None = Field(None, gt=0.0, description="ε_v of the clipped value loss (null = unclipped)")
-    coef: float = Field(1.0, gt=0.0, description="weight of the value loss")
+    coef: float = Field(1.0, gt=0.0, description="weight of the value loss (a token mean over the loss mask: with overlong.filter_truncated, truncated responses leave the critic's loss too)")
 
 
 class KLConfig(_Section):
     coef: float = Field(0.0, ge=0.0, description="β of the KL to the reference (warm-start) policy; 0 disables it")
-    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator, in the loss term and in the reward penalty alike")
     in_reward: bool = Field(False, description="apply KL as a per-token reward penalty (classic RLHF PPO) instead of a loss term")
 
 
@@ -94,7 +94,7 @@ class DynamicSamplingConfig(_Section):
 class OverlongConfig(_Section):
     enabled: bool = Field(False, description="DAPO soft overlong punishment added to the reward")
     cache_len: int = Field(32, ge=1, description="L_cache: length of the soft-punishment window before max length")
-    filter_truncated: bool = Field(False, description="mask truncated responses out of the loss (overlong filtering)")
+    filter_truncated: bool = Field(False, description="mask truncated responses out of the actor's and the critic's losses (overlong filtering)")
 
 
 class AlgoConfig(_Section):
@@ -132,8 +132,8 @@ class RolloutConfig(_Section):
     prompts_per_iter: int = Field(32, ge=1, description="prompts sampled per RL iteration")
     group_size: int = Field(8, ge=1, description="answers sampled per prompt (G, group sampling)")
     max_new_tokens: int = Field(128, ge=1, description="max response length in tokens (L_max)")
-    temperature: float = Field(1.0, gt=0.0, description="sampling temperature during training")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling p during training")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature during training; log-probs (PPO ratio, KL, NLL, entropy) are computed at the same temperature, i.e. of the distribution sampled from")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling p during training; only 1.0 is accepted (the training log-probs are of the untruncated distribution)")
 
 
 class OptimConfig(_Section):
@@ -337,7 +337,25 @@ def resolve_config(
     data["preset"] = name
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate_config(data, source if (config_file or overrides) else f"preset {name}")
+    source = source if (config_file or overrides) else f"preset {name}"
+    cfg = validate_config(data, source)
+    check_trainable(cfg, source)
+    return cfg
+
+
+def check_trainable(cfg: Config, source: str = "config") -> None:
+    """Refuse, with a clear error, settings the trainer cannot honour.
+
+    rollout.top_p < 1: the PPO ratio, the KL and the NLL term need the log-probability of each
+    sampled token under the distribution it was drawn from; the trainer's forward pass computes the
+    tempered, untruncated distribution, so top-p samples would be scored against the wrong one.
+    """
+    if cfg.rollout.top_p < 1.0:
+        raise ConfigError(
+            f"rollout.top_p={cfg.rollout.top_p} is not supported for training: the training log-probs "
+            "(PPO ratio, KL, NLL) are of the untruncated sampling distribution",
+            where=source, fix="set rollout.top_p=1.0 (eval.top_p may still differ)",
+        )
 
 
 def load_config_file(path: str | Path) -> Config:

@@ -107,7 +107,7 @@ def test_masked_gae_long_sequences_float64_exact(t, layout):
 
 def test_masked_gae_long_float32_accuracy():
     rewards, values, mask = make_batch(7, 4, 3000, "right")
-    lam = adaptive_lambda(mask.sum(-1).clamp_min(1))
+    lam = adaptive_lambda(mask.sum(-1).clamp_min(1), 0.05)
     adv, ret = masked_gae(rewards, values, mask, 1.0, lam)
     adv_ref, ret_ref = gae_ref(rewards, values, mask, 1.0, lam)
     assert close(adv, adv_ref, 1e-6) and close(ret, ret_ref, 1e-6)
@@ -204,7 +204,7 @@ def test_adaptive_lambda_formula_and_clamp():
 
 def test_adaptive_lambda_bad_input():
     with pytest.raises(VapoError, match=">= 1"):
-        adaptive_lambda(torch.tensor([0, 5]))
+        adaptive_lambda(torch.tensor([0, 5]), 0.05)
     with pytest.raises(VapoError, match="alpha"):
         adaptive_lambda(torch.tensor([5]), alpha=0.0)
 
@@ -289,11 +289,11 @@ def test_gae_estimator_adaptive_and_decoupled():
     adv_ref, _ = gae_ref(rewards, values, mask, 1.0, lam)
     _, ret_ref = gae_ref(rewards, values, mask, 1.0, 1.0)
     assert close(out.advantages, adv_ref, 1e-5) and close(out.returns, ret_ref, 1e-5)
-    out2 = get_advantage_estimator("gae")(inp, AdvantageParams(lam_actor=0.9, lam_critic=0.9))
+    out2 = get_advantage_estimator("gae")(inp, AdvantageParams(lam_actor=0.9, lam_critic=0.9, alpha=0.05))
     adv2, ret2 = gae_ref(rewards, values, mask, 1.0, 0.9)
     assert close(out2.advantages, adv2, 1e-5) and close(out2.returns, ret2, 1e-5)
     with pytest.raises(VapoError, match="values"):
-        get_advantage_estimator("gae")(AdvantageInput(rewards, mask), AdvantageParams())
+        get_advantage_estimator("gae")(AdvantageInput(rewards, mask), AdvantageParams(lam_actor=None, alpha=0.05))
 
 
 @pytest.mark.parametrize("kind", sorted(GROUP_FNS))
@@ -303,12 +303,12 @@ def test_group_estimators_via_registry(kind):
     rewards[0, 1], rewards[2, 2], rewards[3, 2] = 1.0, 0.5, 0.25
     rewards[1, 2] = 100.0  # a masked reward: ignored by the default score
     ids = torch.tensor([5, 5, 8, 8])
-    out = get_advantage_estimator(kind)(AdvantageInput(rewards, mask, None, None, ids), AdvantageParams())
+    out = get_advantage_estimator(kind)(AdvantageInput(rewards, mask, None, None, ids), AdvantageParams(lam_actor=None, alpha=0.05))
     assert out.returns is None
     expected = GROUP_FNS[kind](torch.tensor([1.0, 0.0, 0.5, 0.25]), ids, mask)
     assert torch.allclose(out.advantages, expected)
     with pytest.raises(VapoError, match="group_index"):
-        get_advantage_estimator(kind)(AdvantageInput(rewards, mask), AdvantageParams())
+        get_advantage_estimator(kind)(AdvantageInput(rewards, mask), AdvantageParams(lam_actor=None, alpha=0.05))
 
 
 def test_registry_unknown_and_duplicate_names():

@@ -213,7 +213,7 @@ def test_mc_anchored_estimator_matches_reference_gae(batch, lam_actor):
 def test_error_aware_estimator_uses_chosen_lambda_and_zeroes_padding(batch):
     values, rewards, mask, scores, groups = batch
     inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=values, scores=scores, group_index=groups)
-    out = get_advantage_estimator("gae_error_aware")(inp, AdvantageParams(lam_critic=1.0))
+    out = get_advantage_estimator("gae_error_aware")(inp, AdvantageParams(lam_actor=None, lam_critic=1.0, alpha=0.05))
     lam = error_aware_lambda(values, rewards, mask, scores, groups)
     for i, idx in enumerate(rows(mask)):
         adv, _ = ref_gae_row([float(rewards[i, t]) for t in idx], [float(values[i, t]) for t in idx], float(lam[i]))
@@ -259,7 +259,7 @@ def test_bad_inputs_raise_vapo_errors():
     inp = AdvantageInput(token_rewards=torch.zeros(2, 3), response_mask=mask, values=None,
                          scores=torch.zeros(2), group_index=torch.zeros(2, dtype=torch.long))
     with pytest.raises(VapoError):
-        get_advantage_estimator("gae_error_aware")(inp, AdvantageParams())
+        get_advantage_estimator("gae_error_aware")(inp, AdvantageParams(lam_actor=None, alpha=0.05))
     with pytest.raises(VapoError):
         anchor_values(torch.zeros(2, 3), mask, torch.zeros(2), torch.zeros(2), profile="bogus")
     with pytest.raises(VapoError):

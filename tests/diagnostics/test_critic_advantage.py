@@ -5,9 +5,9 @@ import pytest
 import torch
 from toys import L_MAX, FixedDist, ToyTask, true_values_matrix
 
+from vapo.config import AdvantageConfig
 from vapo.diagnostics.advantage import advantage_report, estimator_advantages
 from vapo.diagnostics.common import (
-    RewardSettings,
     bucket_labels,
     bucket_of,
     generate_batch,
@@ -16,6 +16,7 @@ from vapo.diagnostics.common import (
 from vapo.diagnostics.critic import critic_error_report, finding
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.models import build_char_tokenizer
+from vapo.train.collect import RewardSettings
 
 SETTINGS = RewardSettings(temperature=1.0, top_p=1.0, max_new_tokens=L_MAX)
 EDGES = length_edges(L_MAX)
@@ -64,7 +65,7 @@ def test_exact_critic_has_no_bias_and_full_explained_variance(probed):
 def test_gae_with_the_exact_critic_is_best_at_lambda_0(probed):
     """With V = V^π exactly, GAE(λ=0) = V(s_{t+1}) − V(s_t) = A^π: no bias, zero MSE, and the best λ."""
     batch, truth, rows, ts, rel, K, mc = probed
-    advs = estimator_advantages(batch, truth.float(), gamma=1.0, alpha=0.5)
+    advs = estimator_advantages(batch, truth.float(), AdvantageConfig(gamma=1.0, alpha=0.5))
     a_mc, noise = mc.mean[K:] - mc.mean[:K], mc.var_mean[K:] + mc.var_mean[:K]
     rep = advantage_report(advs, rows, ts, a_mc, noise, bucket_of(batch.lengths.numpy()[rows], EDGES), LABELS)
     e0 = rep["estimators"]["λ=0"]["all"]
@@ -81,5 +82,5 @@ def test_gae_with_the_exact_critic_is_best_at_lambda_0(probed):
 
 def test_critic_free_reports_group_estimators_only(probed):
     batch, truth, rows, ts, rel, K, mc = probed
-    advs = estimator_advantages(batch, None, gamma=1.0, alpha=0.5)
+    advs = estimator_advantages(batch, None, AdvantageConfig(gamma=1.0, alpha=0.5))
     assert set(advs) == {"grpo", "dr_grpo", "rloo"}

@@ -5,9 +5,17 @@ import pytest
 import torch
 from toys import L_MAX, FixedDist, ToyTask, true_value, true_values_matrix
 
-from vapo.diagnostics.common import RewardSettings, bucket_of, generate_batch, length_edges, wilson
+from vapo.diagnostics.common import (
+    bootstrap_ci,
+    bucket_of,
+    corr_ci,
+    generate_batch,
+    length_edges,
+    wilson,
+)
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.models import build_char_tokenizer
+from vapo.train.collect import RewardSettings
 
 SETTINGS = RewardSettings(temperature=1.0, top_p=1.0, max_new_tokens=L_MAX)
 
@@ -66,6 +74,32 @@ def test_wilson_interval_against_known_values():
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
     lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (3, 7), (17, 40), (99, 100)])
+def test_wilson_interval_matches_the_formula(k, n):
+    z = 1.959963984540054
+    p = k / n
+    den = 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / den, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo, hi = wilson(k, n)
+    assert lo == pytest.approx(max(0.0, mid - half), abs=1e-9) and hi == pytest.approx(min(1.0, mid + half), abs=1e-9)
+
+
+def test_correlation_interval_is_fisher_z_and_bootstrap_brackets_the_value():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=50)
+    y = x + rng.normal(size=50)
+    r = float(np.corrcoef(x, y)[0, 1])
+    z, se = np.arctanh(r), 1 / np.sqrt(50 - 3)
+    d = corr_ci(x, y)
+    assert d["value"] == pytest.approx(r, abs=1e-12)
+    assert d["lo"] == pytest.approx(np.tanh(z - 1.959963984540054 * se), abs=1e-9)
+    assert d["hi"] == pytest.approx(np.tanh(z + 1.959963984540054 * se), abs=1e-9)
+    assert np.isnan(corr_ci(x, np.ones(50))["value"])
+    b = bootstrap_ci(np.mean, x, n_boot=400, seed=1)
+    assert b["value"] == pytest.approx(x.mean()) and b["lo"] < b["value"] < b["hi"]
+    assert b["hi"] - b["lo"] == pytest.approx(2 * 1.96 * x.std(ddof=1) / np.sqrt(50), rel=0.3)
 
 
 def test_spread_rows_and_buckets():

@@ -88,9 +88,10 @@ def test_cli_prints_one_finding_per_section(micro_runs, tmp_path):
 
 def test_training_hook_returns_flat_metrics_and_leaves_rng_alone(micro_runs):
     from vapo.config import load_config_file
-    from vapo.diagnostics.common import RewardSettings, generate_batch
+    from vapo.diagnostics.common import generate_batch
     from vapo.models import Critic, load_policy_and_tokenizer
     from vapo.tasks import get_task
+    from vapo.train.collect import RewardSettings
 
     run, _ = micro_runs["vapo"]
     cfg = load_config_file(run / "config.yaml")
@@ -111,3 +112,26 @@ def test_training_hook_returns_flat_metrics_and_leaves_rng_alone(micro_runs):
     # The critic's head outputs a constant 0.3 and every micro-run answer is wrong (V^π = 0 at this size).
     assert {"diag/critic_bias", "diag/critic_rmse", "diag/zero_signal_frac", "diag/seconds"} <= set(m)
     assert m["diag/critic_bias"] == pytest.approx(0.3 - m["diag/mc_value_mean"], abs=1e-5)
+
+
+def test_diagnostics_callback_fires_every_diagnose_every_iterations(micro_runs):
+    from vapo.config import load_config_file
+    from vapo.diagnostics.common import generate_batch
+    from vapo.diagnostics.hook import DiagnosticsCallback
+    from vapo.models import load_policy_and_tokenizer
+    from vapo.tasks import get_task
+    from vapo.train.collect import RewardSettings
+
+    run, _ = micro_runs["vapo"]
+    cfg = load_config_file(run / "config.yaml").model_copy(update={"diagnose_every": 2})
+    policy, tok = load_policy_and_tokenizer(run / "checkpoints" / "step_2" / "policy")
+    task = get_task(cfg.task.name, **cfg.task.kwargs)
+    exp = generate_batch(policy, tok, task, RewardSettings.from_config(cfg), n_prompts=2, group_size=2, seed=0)
+    cb = DiagnosticsCallback()
+    assert "diagnose_every" in cb.handles
+    rows = {}
+    for it in (1, 2, 3, 4):
+        trainer = SimpleNamespace(cfg=cfg, policy=policy, critic=None, tokenizer=tok, task=task, iteration=it, uses_critic=False)
+        rows[it] = {"iteration": it}
+        cb.on_iteration_end(trainer, exp, rows[it])
+    assert [any(k.startswith("diag/") for k in rows[it]) for it in (1, 2, 3, 4)] == [False, True, False, True]

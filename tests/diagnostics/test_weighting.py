@@ -5,10 +5,11 @@ import pytest
 import torch
 from toys import micro_policy
 
-from vapo.diagnostics.common import Batch, bucket_labels, length_edges
+from vapo.diagnostics.common import bucket_labels, length_edges
 from vapo.diagnostics.hook import weight_share_metrics
 from vapo.diagnostics.weighting import bucket_grad_norms, weight_shares
 from vapo.models import build_char_tokenizer
+from vapo.train.batch import Experience
 
 
 def _mask(lengths, T):
@@ -42,9 +43,9 @@ def _batch(lengths, T, seed=0):
     B = len(lengths)
     mask = _mask(lengths, T)
     ids = torch.randint(4, 90, (B, T), generator=g) * mask.long()
-    return Batch(problems=[None] * B, prompt_ids=torch.randint(4, 90, (B, 3), generator=g), prompt_mask=torch.ones(B, 3, dtype=torch.long),
+    return Experience(problems=[None] * B, prompt_ids=torch.randint(4, 90, (B, 3), generator=g), prompt_mask=torch.ones(B, 3, dtype=torch.long),
                  response_ids=ids, response_mask=mask, lengths=torch.tensor(lengths), truncated=torch.zeros(B, dtype=torch.bool),
-                 scores=torch.zeros(B, dtype=torch.float64), correct=torch.zeros(B, dtype=torch.bool), sizes=torch.ones(B, dtype=torch.long),
+                 scores=torch.zeros(B), correct=torch.zeros(B, dtype=torch.bool), sizes=torch.ones(B, dtype=torch.long),
                  group_index=torch.arange(B))
 
 

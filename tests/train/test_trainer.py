@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from vapo.config import resolve_config
 from vapo.errors import VapoError
 from vapo.tasks import ProceduralTask, register_task
-from vapo.train import resume_run, start_run
+from vapo.train import Callback, resume_run, start_run
+from vapo.train.batch import Experience, micro_batches
 from vapo.train.rundir import AtomicDir, checkpoint_dirs, new_run_dir, read_jsonl
 
 TIME_KEYS = ("tokens_per_s", "time_rollout", "time_annotate", "time_actor", "time_critic", "time_iter")
@@ -55,8 +56,10 @@ def test_every_preset_runs_through_the_same_loop(tmp_path, preset):
 
 
 def test_diagnose_every_logs_diagnostics_into_metrics(tmp_path):
+    from vapo.diagnostics.hook import DiagnosticsCallback
+
     cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=0", "diagnose_every=2")
-    start_run(cfg, name="d", progress=False)
+    start_run(cfg, name="d", progress=False, callbacks=[DiagnosticsCallback()])
     m = read_jsonl(tmp_path / "runs" / "d" / "metrics.jsonl")
     assert not any(k.startswith("diag/") for k in m[0])  # iteration 1: not a multiple of 2
     diag = {k: v for k, v in m[1].items() if k.startswith("diag/")}
@@ -98,13 +101,14 @@ def test_resume_is_exact_with_one_step_per_iteration(tmp_path):
 def test_fused_critic_step_equals_a_fresh_forward(tmp_path):
     """With one critic step per iteration, update_critic backpropagates through the values that
     annotate() computed; the step must equal the one from a separate forward pass."""
-    from vapo.train.trainer import NullUI, Trainer
+    from vapo.train.trainer import Trainer
+    from vapo.train.ui import quiet_ui
 
     cfg = micro(tmp_path, "vapo", "optim.minibatch_size=64", "sft.cache=true")
     fused, plain = Trainer(cfg, tmp_path / "a"), Trainer(cfg, tmp_path / "b")
     for t in (fused, plain):
         t.run_dir.mkdir()
-        t.build(NullUI())
+        t.build(quiet_ui())
         torch.nn.init.normal_(t.critic.value_head.weight, std=0.1, generator=torch.Generator().manual_seed(0))
     assert fused.single_step
     exp = fused.collect()[0]
@@ -113,10 +117,11 @@ def test_fused_critic_step_equals_a_fresh_forward(tmp_path):
 
     exp2 = copy.deepcopy(exp)
     before = [p.detach().clone() for p in fused.critic.parameters()]
-    st_f = fused.update_critic(fused.annotate(exp))
-    plain.annotate(exp2)
-    plain._critic_values = None  # force the separate forward pass
-    st_p = plain.update_critic(exp2)
+    exp, graphs = fused.annotate(exp)
+    assert graphs is not None and all(v.requires_grad for _, v in graphs)
+    st_f = fused.update_critic(exp, graphs)
+    exp2, _ = plain.annotate(exp2)
+    st_p = plain.update_critic(exp2)  # no graphs: a separate forward pass
     assert st_f["value_loss"] == pytest.approx(st_p["value_loss"], rel=1e-5)
     for a, b in zip(fused.critic.parameters(), plain.critic.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -141,7 +146,7 @@ class _Seven(ProceduralTask):
 register_task("test_seven")(_Seven)
 
 
-def test_reward_improves_on_an_easy_task(tmp_path, monkeypatch):
+def test_reward_improves_on_an_easy_task(tmp_path):
     """Fails if learning is broken: RL must make the warm start better than its sloppy teacher.
 
     The warm start imitates a teacher that gives the right answer only half of the time; accuracy on fixed training prompts (same prompts and sampling seed before and after, 512
@@ -159,18 +164,14 @@ def test_reward_improves_on_an_easy_task(tmp_path, monkeypatch):
         return evaluate_split(trainer.policy, trainer.tokenizer, trainer.task, "train", prompts=128, samples=4,
                               temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)["accuracy"]
 
-    import vapo.train.run as run_mod
+    class Measure(Callback):
+        def on_loop_start(self, trainer):
+            box["before"] = acc(trainer)
 
-    real_loop = run_mod._loop
+        def on_loop_end(self, trainer):
+            box["after"] = acc(trainer)
 
-    def loop(trainer, ui, flag):
-        box["before"] = acc(trainer)
-        done = real_loop(trainer, ui, flag)
-        box["after"] = acc(trainer)
-        return done
-
-    monkeypatch.setattr(run_mod, "_loop", loop)
-    start_run(cfg, name="learn", progress=False)
+    start_run(cfg, name="learn", progress=False, callbacks=[Measure()])
     assert box["after"] > box["before"] + 0.15, box
 
 
@@ -249,13 +250,14 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
 
 def _one_batch_trainer(tmp_path, preset, *extra):
     """A built trainer (cached 30-step warm start) and one annotated batch with mixed rewards."""
-    from vapo.train.trainer import NullUI, Trainer
+    from vapo.train.trainer import Trainer
+    from vapo.train.ui import quiet_ui
 
     cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatch_size=64", "rollout.max_new_tokens=40", *extra)
     run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     run.mkdir()
     t = Trainer(cfg, run)
-    t.build(NullUI())
+    t.build(quiet_ui())
     if t.uses_critic:
         torch.nn.init.normal_(t.critic.value_head.weight, std=0.1, generator=torch.Generator().manual_seed(0))
     return t
@@ -283,14 +285,12 @@ def test_micro_batched_step_equals_one_pass(tmp_path, preset, agg):
     exp = t.collect()[0]
     exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
     exp.correct = exp.scores.bool()
-    t._critic_values = None
-    exp = t.annotate(exp)
-    t._critic_values = None
+    exp, _ = t.annotate(exp)  # the fused critic graphs are not used: the actor step is tested
     results = {}
     for budget in (10**9, 64):  # one micro-batch vs. many
         tt = copy.deepcopy(t)
         tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget})})
-        n_micro = len(tt._micro_batches(exp))
+        n_micro = len(micro_batches(exp, budget))
         results[budget] = (n_micro, *_grads_of_one_step(tt, copy.deepcopy(exp), "actor"))
     (n1, g1, s1), (n2, g2, s2) = results[10**9], results[64]
     assert n1 == 1 and n2 > 3
@@ -307,7 +307,7 @@ def test_micro_batched_critic_step_equals_one_pass(tmp_path):
     t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatch_size=16")  # several minibatches: no fused path
     exp = t.collect()[0]
     exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
-    exp = t.annotate(exp)
+    exp, _ = t.annotate(exp)
     out = []
     for budget in (10**9, 64):
         tt = copy.deepcopy(t)
@@ -321,8 +321,6 @@ def test_micro_batched_critic_step_equals_one_pass(tmp_path):
 @settings(max_examples=50, deadline=None)
 @given(plens=st.lists(st.integers(1, 12), min_size=1, max_size=40), data=st.data(), budget=st.integers(1, 200))
 def test_micro_batches_partition_rows_within_budget(plens, data, budget):
-    from vapo.train.trainer import Experience, Trainer
-
     n = len(plens)
     lens = data.draw(st.lists(st.integers(1, 30), min_size=n, max_size=n))
     P, T = max(plens), max(lens)
@@ -332,8 +330,7 @@ def test_micro_batches_partition_rows_within_budget(plens, data, budget):
     exp = Experience(prompt_ids=pm.clone(), prompt_mask=pm, response_ids=rm.long(), response_mask=rm,
                      lengths=torch.tensor(lens), truncated=z.bool(), scores=z, correct=z.bool(), sizes=z.long(),
                      group_index=torch.arange(n))
-    fake = type("T", (), {"cfg": resolve_config("vapo", overrides=[f"optim.micro_batch_tokens={budget}"])})()
-    groups = Trainer._micro_batches(fake, exp)
+    groups = micro_batches(exp, budget)
     assert sorted(torch.cat(groups).tolist()) == list(range(n))
     for g in groups:
         u = exp.select(g)

@@ -271,7 +271,7 @@ def masked_gae_reference(
 # --------------------------------------------------------------------------------------------
 
 
-def adaptive_lambda(lengths: torch.Tensor, alpha: float = 0.05) -> torch.Tensor:
+def adaptive_lambda(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
     """Length-adaptive GAE lambda (VAPO, Length-Adaptive GAE; docs/algorithms.md,
     "Length-adaptive λ"): lambda(l) = 1 - 1 / (alpha * l).
 
@@ -410,7 +410,7 @@ class AdvantageInput:
     group_index: torch.Tensor | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdvantageParams:
     """Estimator hyperparameters.
 
@@ -418,12 +418,14 @@ class AdvantageParams:
     length-adaptive lambda 1 - 1/(alpha*l) (VAPO). lam_critic: GAE lambda of the critic's
     targets (1.0 = Monte-Carlo, VC-PPO). alpha: adaptive-lambda horizon per token.
     eps: std epsilon of GRPO. extra: free-form options for user-registered estimators.
+    lam_actor and alpha have no default here: their one default is the config's
+    (vapo.config.AdvantageConfig), passed by vapo.train.adapter.advantage_params.
     """
 
     gamma: float = 1.0
-    lam_actor: float | None = 0.95
+    lam_actor: float | None
     lam_critic: float = 1.0
-    alpha: float = 0.05
+    alpha: float
     eps: float = 1e-6
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -25,13 +25,14 @@ import torch
 
 from vapo.algos.advantages import (
     AdvantageInput,
-    AdvantageParams,
     adaptive_lambda,
     get_advantage_estimator,
     masked_gae,
 )
 from vapo.algos.shaping import scores_to_token_rewards
+from vapo.config import AdvantageConfig
 from vapo.diagnostics.common import bootstrap_ci, corr_ci, mean_ci
+from vapo.train.adapter import advantage_params
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
 GROUP_ESTIMATORS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
@@ -55,15 +56,15 @@ def advantage_stats(a: np.ndarray, a_mc: np.ndarray, noise: np.ndarray) -> dict[
     }
 
 
-def estimator_advantages(batch: Any, values: torch.Tensor | None, *, gamma: float, alpha: float,
-                         eps: float = 1e-6) -> dict[str, torch.Tensor]:
+def estimator_advantages(batch: Any, values: torch.Tensor | None, adv: AdvantageConfig) -> dict[str, torch.Tensor]:
     """Every compared estimator's advantages [B, T] float64 on ``batch`` (0 at masked positions).
 
-    Args: batch: a :class:`vapo.diagnostics.common.Batch`; values [B, T] the critic's V(s_t)
-        (None in a critic-free run: only the group estimators are computed); gamma: the run's γ;
-        alpha: the run's α of the adaptive λ.
+    Args: batch: an :class:`vapo.train.batch.Experience`; values [B, T] the critic's V(s_t)
+        (None in a critic-free run: only the group estimators are computed); adv: the run's
+        ``algo.advantage`` (γ, α of the adaptive λ, ε of the group z-score).
     Keys: "λ=0", ..., "λ=1", "adaptive" (when values is given), "grpo", "dr_grpo", "rloo".
     """
+    gamma = adv.gamma
     mask = batch.response_mask.double()
     rewards = scores_to_token_rewards(batch.scores.double(), mask)  # score on the last real token
     out: dict[str, torch.Tensor] = {}
@@ -71,12 +72,12 @@ def estimator_advantages(batch: Any, values: torch.Tensor | None, *, gamma: floa
         v = values.double() * mask
         for lam in LAMBDAS:
             out[f"λ={lam:g}"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam)
-        lam_ad = adaptive_lambda(batch.lengths.double(), alpha)
+        lam_ad = adaptive_lambda(batch.lengths.double(), adv.alpha)
         out["adaptive"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam_ad)
     inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=None, scores=batch.scores.double(),
                          group_index=batch.group_index)
     for name in GROUP_ESTIMATORS:
-        out[name] = get_advantage_estimator(name)(inp, AdvantageParams(gamma=gamma, eps=eps)).advantages.double()
+        out[name] = get_advantage_estimator(name)(inp, advantage_params(adv)).advantages.double()
     return out
 
 

@@ -1,7 +1,8 @@
 """The cheap subset of `vapo diagnose` run during training every ``diagnose_every`` iterations.
 
-``during_training(trainer, exp)`` returns flat ``{"diag/...": float}`` metrics for the iteration's
-metrics row:
+:class:`DiagnosticsCallback` is the training-loop callback (vapo.train.Callback) that implements
+``diagnose_every``; ``vapo train`` passes it. ``during_training(trainer, exp)`` returns flat
+``{"diag/...": float}`` metrics for the iteration's metrics row:
 
 * ``diag/weight_share_<lo>_<hi>``: share of the loss weight that responses of length lo..hi get
   under the run's aggregation mode (vapo.algos.token_weights), from the iteration's own batch;
@@ -23,9 +24,11 @@ import numpy as np
 import torch
 
 from vapo.algos.losses import token_weights
-from vapo.diagnostics.common import RewardSettings, bucket_of, generate_batch, length_edges
+from vapo.diagnostics.common import bucket_of, generate_batch, length_edges
 from vapo.diagnostics.exploration import zero_signal_fraction
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
+from vapo.train.collect import RewardSettings
+from vapo.train.run import Callback
 
 PROBE_PROMPTS = 4  # fresh problems (× 2 answers) for the critic probe
 PROBE_PREFIXES = 8
@@ -83,3 +86,15 @@ def during_training(trainer: Any, exp: Any) -> dict[str, float]:
         trainer.critic.train(was[1])
     m["diag/seconds"] = time.perf_counter() - t0
     return m
+
+
+class DiagnosticsCallback(Callback):
+    """Adds :func:`during_training`'s metrics to every ``cfg.diagnose_every``-th iteration's row
+    (does nothing when ``diagnose_every`` is 0)."""
+
+    handles = frozenset({"diagnose_every"})
+
+    def on_iteration_end(self, trainer: Any, exp: Any, metrics: dict[str, Any]) -> None:
+        every = trainer.cfg.diagnose_every
+        if every and trainer.iteration % every == 0:
+            metrics.update(during_training(trainer, exp))

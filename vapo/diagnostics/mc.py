@@ -13,13 +13,13 @@ response actually took is
 with V^π(s_T) = R(prompt, y) once the response has ended. :func:`mc_values` estimates V^π(s_t)
 by sampling M continuations from s_t with the run's sampling settings and L_max budget (the
 continuation may use at most L_max − t tokens), scoring each full response with the task's
-verifier (plus the overlong penalty when the run used it) and averaging:
+verifier (plus the overlong penalty when the run used it) and averaging, through the same
+rollout → score function as training (vapo.train.collect.rollout_and_score with prefixes):
 
     V̂(s_t) = (1/M) Σ_m R(prompt, y_<t ⊕ c_m),    Var[V̂] = s²/M   (s² the sample variance)
 
-All prefixes × M continuations go through a few large batched ``vapo.rollout.sample`` calls
-(KV-cached, finished rows compacted); prefixes are sorted by remaining budget so each call's
-``max_new_tokens`` is tight.
+All prefixes × M continuations go through a few large batched calls (KV-cached, finished rows
+compacted); prefixes are sorted by remaining budget so each call's ``max_new_tokens`` is tight.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vapo.diagnostics.common import Z95, Batch, RewardSettings, score_texts, wilson
+from vapo.diagnostics.common import Z95, wilson
+from vapo.train.batch import Experience
+from vapo.train.collect import RewardSettings, rollout_and_score
 
 
 @dataclass
@@ -50,30 +52,15 @@ class MCEstimate:
     m: np.ndarray
 
 
-def _prefix_prompts(batch: Batch, rows: np.ndarray, ts: np.ndarray, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded token ids [K, P'] of prompt + response[:t] for every (row, t)."""
-    seqs = []
-    for r, t in zip(rows.tolist(), ts.tolist(), strict=True):
-        p = batch.prompt_ids[r][batch.prompt_mask[r].bool()]
-        seqs.append(torch.cat([p, batch.response_ids[r, :t]]))
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = s
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 @torch.no_grad()
-def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Batch, rows: np.ndarray, ts: np.ndarray, *,
+def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, *,
               continuations: int, settings: RewardSettings, generator: torch.Generator,
               max_rows: int = 2048, on_progress: Callable[[int], None] | None = None) -> MCEstimate:
     """V̂^π(prompt + response[:t]) for each (rows[k], ts[k]) of ``batch``, from ``continuations`` samples.
 
     Args:
         policy: the HF causal LM whose value is estimated (π); tokenizer, task: the run's.
-        batch: responses of π (only the first ``t`` tokens of each probed row are used).
+        batch: responses of π with ``problems`` (only the first ``t`` tokens of each probed row are used).
         rows [K] int, ts [K] int with 0 ≤ t ≤ lengths[row]. t = lengths[row] is the finished
             response: its value is its reward, exactly (no sampling).
         continuations: M ≥ 1 samples per prefix. settings: the run's sampling/reward settings.
@@ -81,9 +68,6 @@ def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Batch, rows: np.nda
         on_progress: called with the number of prefixes finished after each call.
     Returns: :class:`MCEstimate` of K values.
     """
-    from vapo.models import decode_responses
-    from vapo.rollout import sample
-
     rows, ts = np.asarray(rows, dtype=np.int64), np.asarray(ts, dtype=np.int64)
     K, M = len(rows), int(continuations)
     lengths = batch.lengths.numpy()
@@ -98,33 +82,14 @@ def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Batch, rows: np.nda
     budget = settings.max_new_tokens - ts
     todo = todo[np.argsort(budget[todo], kind="stable")]  # similar budgets share a sample() call
     per_call = max(1, max_rows // M)
-    device = next(policy.parameters()).device
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     all_scores: dict[int, np.ndarray] = {}
     for s in range(0, len(todo), per_call):
         ks = todo[s : s + per_call]
-        ids, mask = _prefix_prompts(batch, rows[ks], ts[ks], pad)
-        ids, mask = ids.repeat_interleave(M, 0), mask.repeat_interleave(M, 0)
-        b = np.repeat(budget[ks], M)
-        ro = sample(policy, ids.to(device), mask.to(device), max_new_tokens=int(b.max()), temperature=settings.temperature,
-                    top_p=settings.top_p, eos_token_id=eos, pad_token_id=pad, generator=generator).to("cpu")
-        # Each continuation may use only its own remaining budget L_max − t: cut it there.
-        cont_len = np.minimum(ro.lengths.numpy(), b)
-        # Full response = response[:t] ⊕ continuation; decode and score it as the trainer would.
-        full, full_len = [], []
-        for j, k in enumerate(np.repeat(ks, M)):
-            r, t = rows[k], ts[k]
-            full.append(torch.cat([batch.response_ids[r, :t], ro.response_ids[j, : cont_len[j]]]))
-            full_len.append(t + cont_len[j])
-        width = max(len(x) for x in full)
-        mat = torch.full((len(full), max(width, 1)), pad, dtype=torch.long)
-        for j, x in enumerate(full):
-            mat[j, : len(x)] = x
-        lens = torch.tensor(full_len)
-        texts = decode_responses(tokenizer, mat, lens)
-        probs = [batch.problems[rows[k]] for k in np.repeat(ks, M)]
-        sc, _ = score_texts(task, probs, texts, lens, settings)
-        sc = sc.numpy().reshape(len(ks), M)
+        probed = np.repeat(ks, M)
+        probs = [batch.problems[rows[k]] for k in probed]
+        prefixes = [batch.response_ids[rows[k], : ts[k]] for k in probed]
+        out = rollout_and_score(policy, tokenizer, task, probs, settings, generator=generator, prefixes=prefixes)
+        sc = out.scores.double().numpy().reshape(len(ks), M)
         binary &= bool(np.isin(sc, (0.0, 1.0)).all())
         for i, k in enumerate(ks):
             all_scores[int(k)] = sc[i]

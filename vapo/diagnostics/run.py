@@ -31,7 +31,6 @@ from vapo.diagnostics import exploration as expl_mod
 from vapo.diagnostics import generalisation as gen_mod
 from vapo.diagnostics import weighting as weight_mod
 from vapo.diagnostics.common import (
-    RewardSettings,
     bucket_labels,
     bucket_of,
     check_positive,
@@ -40,6 +39,9 @@ from vapo.diagnostics.common import (
 )
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.errors import VapoError
+from vapo.train import adapter
+from vapo.train.batch import forward_rows
+from vapo.train.collect import RewardSettings
 
 REL_POSITIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 SECTION_TITLES = {
@@ -108,32 +110,23 @@ def _load_critic(path: Path) -> Any | None:
 
 
 def _run_advantages(cfg: Any, batch: Any, values: torch.Tensor | None) -> torch.Tensor:
-    """The run's own advantages on ``batch`` (its estimator and parameters, as the trainer computes them)."""
-    from vapo.algos.advantages import AdvantageInput, AdvantageParams, get_advantage_estimator
-    from vapo.algos.losses import masked_whiten
-    from vapo.algos.shaping import scores_to_token_rewards
-
-    a = cfg.algo.advantage
+    """The run's own advantages [B, T] on ``batch`` (through vapo.train.adapter, as the trainer
+    computes them; no in-reward KL: the regenerated batch has no reference log-probs)."""
+    a = cfg.algo
     mask = batch.response_mask
-    rewards = scores_to_token_rewards(batch.scores.float(), mask)
-    params = AdvantageParams(gamma=a.gamma, lam_actor=None if a.lam_actor == "adaptive" else float(a.lam_actor),
-                             lam_critic=a.lam_critic, alpha=a.alpha, eps=a.eps, extra=dict(a.extra))
-    out = get_advantage_estimator(a.estimator)(
-        AdvantageInput(token_rewards=rewards, response_mask=mask, values=values, scores=batch.scores.float(),
-                       group_index=batch.group_index), params)
-    return masked_whiten(out.advantages, mask) * mask if a.whiten else out.advantages
+    scores = batch.scores.float()
+    rewards = adapter.token_rewards(a.model_copy(update={"kl": a.kl.model_copy(update={"coef": 0.0})}), scores, mask)
+    adv, _ = adapter.compute_advantages(a, rewards, mask, values=values, scores=scores, group_index=batch.group_index)
+    return adv
 
 
 @torch.no_grad()
-def _all_values(critic: Any, batch: Any, chunk: int = 128) -> torch.Tensor:
+def _all_values(critic: Any, batch: Any, max_tokens: int) -> torch.Tensor:
+    """The critic's values [B, T] of ``batch``, over the trainer's micro-batches."""
     from vapo.models import response_values
 
-    outs = []
-    for s in range(0, len(batch.lengths), chunk):
-        sl = slice(s, s + chunk)
-        outs.append(response_values(critic, batch.prompt_ids[sl], batch.prompt_mask[sl], batch.response_ids[sl],
-                                    batch.response_mask[sl]).float())
-    return torch.cat(outs)
+    values, _ = forward_rows(response_values, critic, batch, device=next(critic.parameters()).device, max_tokens=max_tokens)
+    return values
 
 
 def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, budget: Budget = Budget(),
@@ -145,7 +138,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
     from vapo.models import load_policy_and_tokenizer
     from vapo.tasks import get_task
     from vapo.train.rundir import read_jsonl
-    from vapo.train.trainer import progress_ui
+    from vapo.train.ui import progress_ui
 
     for name in ("prefixes", "continuations", "batch_prompts", "checkpoints", "eval_prompts", "eval_samples"):
         check_positive(name, getattr(budget, name), where=f"vapo diagnose --{name.replace('_', '-')}")
@@ -176,7 +169,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
         tid = ui.add_task("regenerate batch", total=1)
         batch = generate_batch(policy, tokenizer, task, settings, n_prompts=budget.batch_prompts, group_size=G, seed=seed)
         ui.update(tid, advance=1, info=f"{len(batch.lengths)} answers, mean length {batch.lengths.float().mean():.0f}")
-        values = _all_values(critic, batch) if critic is not None else None
+        values = _all_values(critic, batch, cfg.optim.micro_batch_tokens) if critic is not None else None
         timings["batch"] = time.perf_counter() - t0
 
         # ---- section 3: length weighting
@@ -225,8 +218,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
         else:
             crit["finding"] = "no critic in this run (critic-free preset): nothing to compare; MC values still in probes"
         result["critic"] = crit
-        advs = adv_mod.estimator_advantages(batch, values, gamma=cfg.algo.advantage.gamma, alpha=cfg.algo.advantage.alpha,
-                                            eps=cfg.algo.advantage.eps)
+        advs = adv_mod.estimator_advantages(batch, values, cfg.algo.advantage)
         result["advantage"] = adv_mod.advantage_report(advs, p_rows, p_ts, a_mc, a_noise, p_bucket, labels)
         result["advantage"]["has_critic"] = critic is not None
         result["advantage"]["run_estimator"] = cfg.algo.advantage.estimator

@@ -56,7 +56,7 @@ def bucket_grad_norms(policy: Any, batch: Any, advantages: torch.Tensor, edges: 
                       norm_len: int) -> dict[str, dict[str, float]]:
     """‖∇θ‖ of the policy-gradient loss restricted to each length bucket, per aggregation mode.
 
-    Args: policy: the HF causal LM; batch: a Batch; advantages [B, T] (0 masked); norm_len T_max.
+    Args: policy: the HF causal LM; batch: an Experience; advantages [B, T] (0 masked); norm_len T_max.
     Returns: {mode: {label: grad norm (0 for empty buckets)}}. The policy's weights are unchanged
     (gradients are taken with torch.autograd.grad, never stored in .grad).
     """

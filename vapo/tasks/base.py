@@ -205,5 +205,6 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
 
 def sample_problems(task: Task, rng: random.Random, n: int, split: str = "train") -> list[Problem]:
-    """``n`` problems of ``split`` drawn in order from ``rng``."""
+    """``n`` problems of ``split`` drawn in order from ``rng``: the one problem sampler (training
+    prompts, the warm start's demonstrations, evaluation sets and the diagnostics' batches)."""
     return [task.sample(rng, split) for _ in range(n)]

@@ -30,11 +30,11 @@ from vapo.theory.framework import Experiment, Verdict, new_figure, register_expe
 from vapo.theory.mdp import ChainMDP, make_chain
 
 BASELINES = {
-    "gae_fixed_0.95": ("gae", dict(lam_actor=0.95)),
+    "gae_fixed_0.95": ("gae", dict(lam_actor=0.95, alpha=0.05)),
     "gae_adaptive": ("gae", dict(lam_actor=None, alpha=0.05)),
 }
 PATHWAYS = {
-    "gae_error_aware": ("gae_error_aware", dict()),
+    "gae_error_aware": ("gae_error_aware", dict(lam_actor=None, alpha=0.05)),
     "gae_mc_anchored": ("gae_mc_anchored", dict(lam_actor=None, alpha=0.05)),
 }
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from vapo.errors import VapoError
+from vapo.tasks import sample_problems
+from vapo.train.collect import RewardSettings, rollout_and_score
 
 SPLITS = ("heldout", "long")
 
@@ -28,11 +30,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def eval_problems(task: Any, split: str, n: int, seed: int) -> list[Any]:
-    rng = random.Random(f"vapo-eval-{task.name}-{split}-{seed}")
-    return [task.sample(rng, split) for _ in range(n)]
+    """The fixed evaluation problems of ``split`` (the same for every checkpoint of a run)."""
+    return sample_problems(task, random.Random(f"vapo-eval-{task.name}-{split}-{seed}"), n, split)
 
 
-@torch.no_grad()
 def evaluate_split(
     policy: torch.nn.Module,
     tokenizer: Any,
@@ -52,28 +53,13 @@ def evaluate_split(
     Returns accuracy (avg@samples), accuracy by problem size (the task's length knob), pass@k for
     k = 1..samples, mean response length and the truncation rate.
     """
-    from vapo.models import decode_responses, encode_prompts
-    from vapo.rollout import sample
-
     problems = eval_problems(task, split, prompts, seed)
-    flat = [p for p in problems for _ in range(samples)]
-    gen = torch.Generator().manual_seed(seed)
-    device = next(policy.parameters()).device
-    correct: list[bool] = []
-    lengths: list[int] = []
-    truncated = 0
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, [p.prompt for p in chunk])
-        ro = sample(
-            policy, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generator=gen,
-        )
-        texts = decode_responses(tokenizer, ro.response_ids, ro.lengths)
-        for p, t in zip(chunk, texts, strict=True):
-            correct.append(bool(task.score(p, t).correct))
-        lengths.extend(ro.lengths.tolist())
-        truncated += int(ro.truncated.sum())
+    settings = RewardSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    exp = rollout_and_score(policy, tokenizer, task, problems, settings, generator=torch.Generator().manual_seed(seed),
+                            group_size=samples, chunk=batch_size)
+    correct = exp.correct.tolist()
+    lengths = exp.lengths.tolist()
+    truncated = int(exp.truncated.sum())
     by_size: dict[int, list[bool]] = defaultdict(list)
     per_prompt = []
     for i, p in enumerate(problems):

@@ -1,19 +1,31 @@
-"""Starting, continuing and finishing a run: the phases around the RL loop."""
+"""Starting, continuing and finishing a run: the phases around the RL loop, and the loop.
+
+``start_run`` / ``resume_run`` → warm start, evaluation, value pretraining → :func:`train_loop`
+(``Trainer.iterate`` per iteration, then the callbacks, then metrics.jsonl, evaluation and
+checkpoints on schedule) → final evaluation, checkpoint, plots, summary.
+
+Callbacks (:class:`Callback`) are how other code joins the loop without the loop knowing it:
+the diagnostics (``vapo.diagnostics.hook.DiagnosticsCallback``, for ``diagnose_every``), tests,
+metric sinks.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from vapo.config import Config, load_config_file
-from vapo.errors import VapoError
+from vapo.config import Config, check_trainable, load_config_file
+from vapo.errors import ConfigError, VapoError
+from vapo.train.batch import Experience
 from vapo.train.evaluate import SPLITS, evaluate_split
 from vapo.train.rundir import append_jsonl, latest_checkpoint, new_run_dir, read_jsonl
-from vapo.train.trainer import Trainer, graceful_interrupts, progress_ui
+from vapo.train.trainer import Trainer
+from vapo.train.ui import UI, StopFlag, graceful_interrupts, progress_ui
 
 console = Console()
 
@@ -22,7 +34,37 @@ _LIVE = (("accuracy", "acc {:.2f}"), ("response_length", "len {:.0f}"), ("entrop
          ("explained_variance", "EV {:+.2f}"), ("approx_kl", "kl {:.3f}"), ("time_iter", "{:.1f}s/it"))
 
 
-def _evaluate(trainer: Trainer, ui: Any) -> dict[str, Any]:
+class Callback:
+    """A hook into the training loop; override any of the methods (each default does nothing).
+
+    ``handles``: the config fields this callback implements (e.g. ``{"diagnose_every"}``); a run
+    whose config sets such a field without a callback that handles it is refused before it starts.
+    """
+
+    handles: frozenset[str] = frozenset()
+
+    def on_loop_start(self, trainer: Trainer) -> None:
+        """Before the first RL iteration of this process (after warm start / value pretraining / resume)."""
+
+    def on_iteration_end(self, trainer: Trainer, exp: Experience, metrics: dict[str, Any]) -> None:
+        """After ``trainer.iterate()``; ``metrics`` may be extended in place before it is logged."""
+
+    def on_loop_end(self, trainer: Trainer) -> None:
+        """After the last RL iteration (not called when the loop was interrupted)."""
+
+
+def check_callbacks(cfg: Config, callbacks: Sequence[Callback]) -> None:
+    """Refuse a config field that only a callback implements when no given callback handles it."""
+    handled = set().union(*(cb.handles for cb in callbacks)) if callbacks else set()
+    if cfg.diagnose_every and "diagnose_every" not in handled:
+        raise ConfigError(
+            f"diagnose_every={cfg.diagnose_every} needs the diagnostics callback, and none was given",
+            where="start_run/resume_run(callbacks=...)",
+            fix="run through `vapo train`, or pass callbacks=[vapo.diagnostics.hook.DiagnosticsCallback()]",
+        )
+
+
+def _evaluate(trainer: Trainer, ui: UI) -> dict[str, Any]:
     cfg = trainer.cfg
     task_id = ui.add_task(f"eval @ {trainer.iteration}", total=len(SPLITS))
     out = {}
@@ -39,22 +81,22 @@ def _evaluate(trainer: Trainer, ui: Any) -> dict[str, Any]:
     return out
 
 
-def _loop(trainer: Trainer, ui: Any, flag: Any) -> bool:
+def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Callback] = ()) -> bool:
     """RL iterations until done or interrupted; returns True when all iterations ran."""
     cfg = trainer.cfg
     n = cfg.train.iterations
     task_id = ui.add_task("RL " + cfg.preset, total=n, completed=trainer.iteration)
+    for cb in callbacks:
+        cb.on_loop_start(trainer)
     while trainer.iteration < n:
         if flag.requested:
             path = trainer.save_checkpoint()
             append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "interrupted", "iteration": trainer.iteration, "time": time.time()})
             ui.log(f"[yellow]interrupted: saved {path}; continue with `vapo train --resume {trainer.run_dir}`")
             return False
-        m = trainer.iterate()
-        if cfg.diagnose_every and trainer.iteration % cfg.diagnose_every == 0:
-            from vapo.diagnostics.hook import during_training
-
-            m.update(during_training(trainer, trainer.last_experience))
+        m, exp = trainer.iterate()
+        for cb in callbacks:
+            cb.on_iteration_end(trainer, exp, m)
         append_jsonl(trainer.run_dir / "metrics.jsonl", m)
         ui.update(task_id, advance=1, info="  ".join(f.format(m[k]) for k, f in _LIVE if k in m))
         it = trainer.iteration
@@ -62,10 +104,12 @@ def _loop(trainer: Trainer, ui: Any, flag: Any) -> bool:
             _evaluate(trainer, ui)
         if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 and it < n:
             trainer.save_checkpoint()
+    for cb in callbacks:
+        cb.on_loop_end(trainer)
     return True
 
 
-def _finish(trainer: Trainer, ui: Any, t_start: float) -> dict[str, Any]:
+def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
     from vapo.train.plots import make_plots
 
     final = _evaluate(trainer, ui)
@@ -112,8 +156,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['run_dir']}  (metrics.jsonl, eval.jsonl, checkpoints/, plots/)")
 
 
-def start_run(cfg: Config, *, name: str | None = None, progress: bool = True) -> dict[str, Any] | None:
+def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
+              callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
     """Create runs/<name>, warm-start, pretrain the critic, run RL, evaluate, plot, summarise."""
+    check_trainable(cfg)
+    check_callbacks(cfg, callbacks)
     run_dir = new_run_dir(cfg.train.runs_dir, name, f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}")
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
@@ -134,20 +181,22 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True) ->
             console.print("[yellow]interrupted during value pretraining: nothing to resume yet (the warm start is cached)")
             return None
         trainer.save_checkpoint()
-        if not _loop(trainer, ui, flag):
+        if not train_loop(trainer, ui, flag, callbacks):
             return None
         summary = _finish(trainer, ui, t_start)
     print_summary(summary)
     return summary
 
 
-def resume_run(run_dir: Path, *, progress: bool = True) -> dict[str, Any] | None:
+def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
     """Continue a run from its latest checkpoint, exactly as if it had not stopped."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise VapoError(f"{run_dir} has no config.yaml", where="--resume", fix="pass a directory made by `vapo train`")
     cfg = load_config_file(cfg_path)
+    check_trainable(cfg, str(cfg_path))
+    check_callbacks(cfg, callbacks)
     step, ckpt = latest_checkpoint(run_dir)
     if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
         raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
@@ -168,7 +217,7 @@ def resume_run(run_dir: Path, *, progress: bool = True) -> dict[str, Any] | None
     trainer = Trainer(cfg, run_dir, progress=progress)
     trainer.load_checkpoint(ckpt)
     with graceful_interrupts() as flag, progress_ui(progress) as ui:
-        if not _loop(trainer, ui, flag):
+        if not train_loop(trainer, ui, flag, callbacks):
             return None
         summary = _finish(trainer, ui, t_start)
     print_summary(summary)

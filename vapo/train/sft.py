@@ -18,6 +18,7 @@ import torch
 
 from vapo.config import Config
 from vapo.errors import VapoError
+from vapo.tasks import sample_problems
 
 
 def cache_root() -> Path:
@@ -78,7 +79,7 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
     for _ in range(s.steps):
         if stop is not None and stop.requested:
             raise KeyboardInterrupt
-        problems = [task.sample(rng, "train") for _ in range(s.batch_size)]
+        problems = sample_problems(task, rng, s.batch_size, "train")
         if slips:
             problems = [dataclasses.replace(p, solution=demonstration(task, p, rng, s.teacher_slip)) for p in problems]
         ids, attn, lmask = demo_batch(tokenizer, problems)

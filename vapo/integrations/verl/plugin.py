@@ -94,7 +94,7 @@ def _critic_free(vapo_name: str):
         out = get_advantage_estimator(vapo_name)(
             AdvantageInput(token_rewards=token_level_rewards, response_mask=response_mask,
                            group_index=group_ids(index, token_level_rewards.device)),
-            AdvantageParams(),
+            AdvantageParams(lam_actor=None, alpha=0.05),  # λ and α are unused by group estimators
         )
         # verl's critic-free estimators return the advantages as "returns" too.
         return out.advantages, out.advantages

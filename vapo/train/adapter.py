@@ -1,0 +1,83 @@
+"""Config → algorithm: the one place where config fields become the arguments of the algorithm
+functions of vapo.algos (docs/algorithms.md). Training and diagnostics both go through here, so
+a run's advantages are computed the same way wherever they are computed.
+
+The defaults live in vapo/config.py only; everything here passes explicit values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vapo.algos.advantages import (
+    AdvantageInput,
+    AdvantageParams,
+    adaptive_lambda,
+    get_advantage_estimator,
+)
+from vapo.algos.losses import kl_estimate, masked_whiten
+from vapo.algos.shaping import scores_to_token_rewards
+from vapo.config import AdvantageConfig, AlgoConfig
+
+
+def advantage_params(a: AdvantageConfig) -> AdvantageParams:
+    """The estimator's parameters from ``algo.advantage`` (lam_actor "adaptive" → None, which the
+    estimators resolve with :func:`actor_lambda`'s formula)."""
+    return AdvantageParams(
+        gamma=a.gamma, lam_actor=None if a.lam_actor == "adaptive" else float(a.lam_actor),
+        lam_critic=a.lam_critic, alpha=a.alpha, eps=a.eps, extra=dict(a.extra),
+    )
+
+
+def actor_lambda(a: AdvantageConfig, lengths: torch.Tensor) -> torch.Tensor:
+    """The actor's GAE λ of each response [B] (lengths [B] ≥ 1): the fixed ``lam_actor``, or the
+    length-adaptive λ(l) = 1 − 1/(α·l) (docs/algorithms.md, length-adaptive GAE)."""
+    if a.lam_actor == "adaptive":
+        return adaptive_lambda(lengths, a.alpha)
+    dtype = lengths.dtype if lengths.is_floating_point() else torch.float32
+    return torch.full(lengths.shape, float(a.lam_actor), dtype=dtype)
+
+
+def token_rewards(algo: AlgoConfig, scores: torch.Tensor, response_mask: torch.Tensor,
+                  old_logprobs: torch.Tensor | None = None, ref_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] token rewards: each score on its response's last token, minus β·KL per token when
+    the KL is applied in the reward (``algo.kl.in_reward``; estimator ``algo.kl.estimator``).
+
+    Args: scores [B]; response_mask [B, T]; old_logprobs, ref_logprobs [B, T] (needed only for
+    the in-reward KL).
+    """
+    rewards = scores_to_token_rewards(scores, response_mask)
+    kl = algo.kl
+    if kl.coef > 0 and kl.in_reward:
+        rewards = rewards - kl.coef * kl_estimate(old_logprobs, ref_logprobs, kl.estimator) * response_mask
+    return rewards
+
+
+def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
+                       values: torch.Tensor | None, scores: torch.Tensor,
+                       group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages [B, T] and critic returns [B, T] (None for critic-free estimators) of the
+    configured estimator, whitened over the batch's tokens when ``algo.advantage.whiten``.
+
+    Args: rewards [B, T] token rewards; response_mask [B, T]; values [B, T] or None; scores [B];
+    group_index [B].
+    """
+    a = algo.advantage
+    out = get_advantage_estimator(a.estimator)(
+        AdvantageInput(token_rewards=rewards, response_mask=response_mask, values=values, scores=scores,
+                       group_index=group_index),
+        advantage_params(a),
+    )
+    adv = masked_whiten(out.advantages, response_mask) * response_mask if a.whiten else out.advantages
+    return adv, out.returns
+
+
+def loss_mask(algo: AlgoConfig, response_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """[B, T] tokens that enter the actor's and the critic's losses: the response mask, without
+    truncated responses when ``algo.overlong.filter_truncated``."""
+    if algo.overlong.filter_truncated:
+        return response_mask * (~truncated).float()[:, None]
+    return response_mask
+
+
+__all__ = ["actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "token_rewards"]
