@@ -110,7 +110,7 @@ class AlgoConfig(_Section):
 # Everything else
 # --------------------------------------------------------------------------------------------
 class TaskConfig(_Section):
-    name: str = Field("rewrite_sum", description="task name (built-in: rewrite_sum, running_sum, addition, multiply; 'file' for a jsonl file)")
+    name: str = Field("rewrite_sum", description="task name (built-in: rewrite_sum, running_sum, addition, multiply, repeat_add (long chain of thought); 'file' for a jsonl file)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. {path: data.jsonl} for 'file'")
 
 

@@ -55,7 +55,7 @@ def build_char_tokenizer() -> Any:
         padding_side="left",
         clean_up_tokenization_spaces=False,
         split_special_tokens=True,
-        model_max_length=512,
+        model_max_length=2048,
     )
 
 
