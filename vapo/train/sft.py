@@ -100,7 +100,8 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
     return losses
 
 
-def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None) -> tuple[Any, Any]:
+def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None,
+               device: torch.device | str = "cpu") -> tuple[Any, Any]:
     """The warm-start policy and its tokenizer: from ``model.path`` or a built-in size, then SFT.
 
     With ``sft.cache`` the SFT result is stored under ``$VAPO_CACHE_DIR`` (default
@@ -113,7 +114,8 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
     if cfg.sft.cache and cfg.sft.steps > 0 and (cached / "COMPLETE").is_file():
         if ui is not None:
             ui.log(f"warm start: loaded from cache {cached}")
-        return load_policy_and_tokenizer(cached)
+        policy, tokenizer = load_policy_and_tokenizer(cached)
+        return policy.to(device), tokenizer
     torch.manual_seed(cfg.seed)
     if cfg.model.path:
         p = Path(cfg.model.path)
@@ -125,6 +127,7 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
         policy = build_policy(cfg.model.size, tokenizer, seed=cfg.seed)
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
         raise VapoError("the tokenizer needs pad, bos and eos tokens", where=str(cfg.model.path), fix="set them in the tokenizer config")
+    policy.to(device)  # SFT runs where training runs (train.device)
     if cfg.sft.steps > 0:
         losses = sft_train(policy, tokenizer, task, cfg, ui=ui, stop=stop)
         if run_dir is not None:
