@@ -36,8 +36,14 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+# Metrics whose non-finite value means the numbers broke (explained variance is excluded: it is
+# undefined, and logged as NaN, whenever a batch's returns are all equal).
+NAN_WATCH = ("loss", "grad_norm", "entropy", "kl", "reward", "ratio", "advantage")
+
+
 def _has_nan(rows: list[dict[str, Any]]) -> bool:
-    return any(isinstance(v, float) and not math.isfinite(v) for r in rows for v in r.values())
+    return any(isinstance(v, float) and not math.isfinite(v) and any(w in k for w in NAN_WATCH)
+               for r in rows for k, v in r.items())
 
 
 def cell_record(plan: CellPlan, threshold: float | None = None) -> dict[str, Any]:
@@ -104,7 +110,8 @@ def _ev_mc(cq: Any, diag: dict[str, Any] | None) -> dict[str, Any] | None:
         if _finite(ev):
             return {"value": float(ev), "lo": None, "hi": None, "source": "summary.json critic_quality"}
     if diag and diag.get("has_critic"):
-        ev = ((diag.get("critic") or {}).get("current") or {}).get("explained_variance")
+        overall = (((diag.get("critic") or {}).get("current") or {}).get("overall")) or {}
+        ev = overall.get("explained_variance")
         if isinstance(ev, dict) and _finite(ev.get("value")):
             return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
                     "source": f"vapo diagnose (step {diag.get('step')}, one seed)"}
