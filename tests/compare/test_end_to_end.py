@@ -48,6 +48,15 @@ def test_micro_grid_runs_every_cell_and_reports(micro_compare):
     assert "vapo-s0/diagnostics/step_2/report.html" in md
     html = (out / "compare.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "http://" not in html and "https://" not in html
+    # every embedded plot is a PNG that decodes (the browser test checks the same in Chromium)
+    import base64
+    import io
+    import re
+
+    import matplotlib.image as mpimg
+
+    for b64 in re.findall(r'src="data:image/png;base64,([^"]+)"', html):
+        assert mpimg.imread(io.BytesIO(base64.b64decode(b64)), format="png").shape[0] > 50
     j = json.loads((out / "compare.json").read_text())
     assert set(j["variants"]) == {"vapo", "grpo"}
     # the critic-free variant has no critic EV; vapo's comes from training metrics and from diagnose

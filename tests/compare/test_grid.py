@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_grid
+from compare_helpers import write_grid
 
 from vapo.compare import load_grid, run_compare
 from vapo.errors import ConfigError

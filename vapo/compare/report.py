@@ -211,7 +211,8 @@ ABL_HEAD = ["component removed", "variant", "our drop (held-out pts, 95% CI)", "
 
 def _intro(res: dict[str, Any]) -> list[str]:
     thr = res["threshold"]
-    lines = [f"Grid `{res['grid']}`: {len(res['variants'])} variants × seeds {', '.join(map(str, res['seeds']))}, "
+    lines = [res["description"]] if res.get("description") else []
+    lines += [f"Grid `{res['grid']}`: {len(res['variants'])} variants × seeds {', '.join(map(str, res['seeds']))}, "
              f"{', '.join(map(str, res['budget'].get('answers_per_run', [])))} trained answers per run."]
     if res["quick"]:
         lines.append(f"**Reduced budget** ({res['quick_note']}): a first look, not a result.")
@@ -259,7 +260,7 @@ for(var i=0;i<im.length;i++){var g=im[i].complete&&im[i].naturalWidth>0;im[i].se
 var d=document.createElement('div');d.id='img-status';d.setAttribute('data-loaded',ok);d.setAttribute('data-total',im.length);
 d.textContent='images decoded: '+ok+'/'+im.length;document.body.appendChild(d);});</script></head><body>
 <h1>vapo compare: {{ res.name }}</h1>
-{% for line in intro %}<p{% if loop.index == 2 and res.quick %} class="quick"{% endif %}>{{ line }}</p>{% endfor %}
+{% for line in intro %}<p{% if line.startswith("**Reduced") %} class="quick"{% endif %}>{{ line }}</p>{% endfor %}
 {% macro table(head, rows) %}<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for r in rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
 <section id="sec-variants"><h2>Variants</h2>{{ table(var_head, s.variants) }}
