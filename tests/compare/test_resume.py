@@ -26,8 +26,8 @@ def _env(tmp_path):
 
 def test_interrupted_compare_resumes_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path / "cache"))
-    grid = write_grid(tmp_path / "k.yaml", "- vapo\n- grpo\n", seeds="[0]",
-                      extra="")
+    # dr_grpo is still pending when the interrupt comes: the compare must stop without starting it
+    grid = write_grid(tmp_path / "k.yaml", "- vapo\n- grpo\n- dr_grpo\n", seeds="[0]")
     # a longer RL phase so that the interrupt lands inside the second cell
     text = open(grid).read().replace("train.iterations: 2", "train.iterations: 12")
     open(grid, "w").write(text)
@@ -39,7 +39,7 @@ def test_interrupted_compare_resumes_and_reuses(tmp_path, monkeypatch):
     t0 = time.time()
     while not marker.is_file():
         assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - t0 < 300, "the second cell never reached RL"
+        assert time.time() - t0 < 900, "the second cell never reached RL"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # as Ctrl-C: the running cell checkpoints its iteration and exits
     output, _ = proc.communicate(timeout=120)
@@ -49,6 +49,7 @@ def test_interrupted_compare_resumes_and_reuses(tmp_path, monkeypatch):
     assert not (out / "grpo-s0" / "summary.json").is_file()
     status = json.loads((out / "status.json").read_text())
     assert status["vapo-s0"]["result"] == "finished" and status["grpo-s0"]["result"] == "interrupted"
+    assert status["dr_grpo-s0"]["result"] == "pending" and not (out / "dr_grpo-s0").exists()
     done_before = sum(1 for _ in open(out / "grpo-s0" / "metrics.jsonl"))
     assert done_before < 12
     finished_mtime = (out / "vapo-s0" / "summary.json").stat().st_mtime_ns
@@ -59,6 +60,8 @@ def test_interrupted_compare_resumes_and_reuses(tmp_path, monkeypatch):
     status = json.loads((out / "status.json").read_text())
     assert status["vapo-s0"]["result"] == "reused"
     assert [a["action"] for a in status["grpo-s0"]["attempts"]] == ["start", "resume"]
+    assert status["dr_grpo-s0"]["result"] == "finished"
+    assert all(a["cpu_s"] > 0 for a in status["grpo-s0"]["attempts"])  # measured with wait4
     events = [json.loads(line) for line in open(out / "grpo-s0" / "events.jsonl")]
     assert any(e.get("phase") == "resume" for e in events)
     its = [json.loads(line)["iteration"] for line in open(out / "grpo-s0" / "metrics.jsonl")]

@@ -65,6 +65,7 @@ def cell_record(plan: CellPlan, threshold: float | None = None) -> dict[str, Any
     tail = evs[-max(1, int(len(evs) * EV_TAIL)):] if evs else []
     crashes = sum(1 for a in plan.history if a.get("exit_code") not in (0, None) and a.get("result") == "crashed")
     wall = sum(float(a.get("seconds", 0.0)) for a in plan.history)
+    cpu = sum(float(a.get("cpu_s", 0.0)) for a in plan.history)
     if not plan.history and summary is not None:
         wall = float(summary.get("seconds", 0.0))
     final = summary["final"] if summary else {}
@@ -72,7 +73,7 @@ def cell_record(plan: CellPlan, threshold: float | None = None) -> dict[str, Any
     rec: dict[str, Any] = {
         "cell": plan.cell.name, "variant": plan.cell.variant.name, "seed": plan.cell.seed, "run_dir": str(run),
         "result": plan.result, "finished": summary is not None, "crashes": crashes,
-        "exit_codes": [a.get("exit_code") for a in plan.history], "wall_s": wall,
+        "exit_codes": [a.get("exit_code") for a in plan.history], "wall_s": wall, "cpu_s": cpu or None,
         "iterations_done": len(metrics), "iterations": cfg.train.iterations,
         "answers_per_iter": per_iter, "samples_generated": cum,
         "final": final, "warm_start": warm,
@@ -196,6 +197,7 @@ def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | 
             "nan_cells": sum(r["nan"] for r in rs),
             "unfinished": [r["cell"] for r in rs if not r["finished"]],
             "wall_s": mean_ci([r["wall_s"] for r in fs]), "wall_total_s": sum(r["wall_s"] for r in rs),
+            "cpu_s": mean_ci([r["cpu_s"] for r in fs]),
             "curve": _curve_band(fs, "curve_heldout"),
             "curve_long": _curve_band(fs, "curve_long"),
             "train_curve": _curve_band([{**r, "train_smooth": _smooth(r["train_accuracy"], 10)} for r in fs], "train_smooth"),

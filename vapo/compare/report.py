@@ -57,7 +57,7 @@ def variant_rows(res: dict[str, Any]) -> list[dict[str, str]]:
             "rel_dapo": "n/a" if rel is None else f"{rel:.2f}×",
             "ev_train": fmt_ci(v["ev_train"], digits=2), "ev_mc": _ev_mc(v["ev_mc"]),
             "fail": f"{v['crashes']} / {v['collapses']} / {v['nan_cells']}",
-            "wall": fmt_ci(v["wall_s"], digits=0),
+            "wall": fmt_ci(v["wall_s"], digits=0) + (f" ({v['cpu_s']['mean']:.0f})" if v["cpu_s"]["mean"] else ""),
             "paper": _num(v["paper_score"], "{:.1f}"),
         })
     return rows
@@ -66,7 +66,7 @@ def variant_rows(res: dict[str, Any]) -> list[dict[str, str]]:
 COLUMNS = (("variant", "variant"), ("seeds", "seeds done"), ("heldout", "held-out % (95% CI)"),
            ("long", "long % (95% CI)"), ("steps", "steps to thr. (reached)"), ("samples", "answers to thr."),
            ("rel_dapo", "÷ dapo"), ("ev_train", "critic EV (train)"), ("ev_mc", "critic EV vs MC"),
-           ("fail", "crash / collapse / NaN"), ("wall", "wall s"), ("paper", "paper AIME24"))
+           ("fail", "crash / collapse / NaN"), ("wall", "wall s (CPU s)"), ("paper", "paper AIME24"))
 
 
 def print_terminal(res: dict[str, Any]) -> None:

@@ -63,6 +63,14 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def vapo_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "vapo.cli", *args]
 
@@ -81,6 +89,7 @@ class Job:
     t0: float = 0.0
     rc: int | None = None
     seconds: float = 0.0
+    cpu: float = 0.0
 
 
 @dataclass
@@ -157,6 +166,23 @@ def _iterations_done(run_dir: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def _reap(proc: subprocess.Popen) -> tuple[int | None, float]:
+    """(exit code or None while running, CPU seconds of the finished child: user + system).
+
+    os.wait4 returns the child's resource usage, so a cell's CPU time is measured however loaded
+    the machine is (its wall time is not)."""
+    if proc.returncode is not None:
+        return proc.returncode, 0.0
+    try:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        return proc.poll(), 0.0
+    if pid == 0:
+        return None, 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, ru.ru_utime + ru.ru_stime
+
+
 class Pool:
     """Runs jobs ``jobs`` at a time with a progress display; Ctrl-C/SIGTERM stop every job cleanly."""
 
@@ -196,7 +222,7 @@ class Pool:
         rows: dict[str, Any] = {}
         try:
             with ui:
-                while pending or self._running:
+                while self._running or (pending and not self.stopping):
                     while pending and len(self._running) < self.jobs and not self.stopping:
                         j = pending.pop(0)
                         j.log.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +239,7 @@ class Pool:
                         rows[j.key] = ui.add_task(f"  {j.key} ({j.kind})", total=j.total or 1, info="")
                     time.sleep(0.2)
                     for j in list(self._running):
-                        rc = j.proc.poll() if j.proc is not None else 0
+                        rc, j.cpu = _reap(j.proc)
                         if j.kind != "diagnose":
                             ui.update(rows[j.key], completed=_iterations_done(j.run_dir))
                         if rc is None:
@@ -237,7 +263,7 @@ def run_cells(grid: Grid, out: Path, *, jobs: int = 1, progress: bool = True) ->
     plans = plan_cells(grid, out)  # raises before anything is created when a cell is inconsistent
     out.mkdir(parents=True, exist_ok=True)
     (out / ".cells").mkdir(exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     by_key = {p.cell.name: p for p in plans}
     queue = []
     for p in plans:
@@ -259,7 +285,8 @@ def run_cells(grid: Grid, out: Path, *, jobs: int = 1, progress: bool = True) ->
         finished = (p.run_dir / "summary.json").is_file()
         p.rc = j.rc
         p.result = "finished" if j.rc == 0 and finished else ("interrupted" if j.rc == 0 or pool.stopping else "crashed")
-        p.history.append({"action": j.kind, "exit_code": j.rc, "seconds": round(j.seconds, 2), "result": p.result,
+        p.history.append({"action": j.kind, "exit_code": j.rc, "seconds": round(j.seconds, 2), "cpu_s": round(j.cpu, 2),
+                          "result": p.result,
                           "ended": time.time(), "log": str(j.log)})
         _write_status(out, plans)
 
@@ -290,7 +317,7 @@ def diagnose_runs(targets: list[tuple[str, Path]], out: Path, *, jobs: int, quic
         args = ["diagnose", str(run_dir), "--quiet"] + (["--quick"] if quick else [])
         queue.append(Job(variant, vapo_cmd(*args), out / "logs" / f"diagnose-{run_dir.name}.log", "diagnose", d))
     if queue:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = max(1, usable_cores() // jobs)
 
         def on_done(j: Job) -> None:
             if j.rc == 0 and (j.run_dir / "diagnostics.json").is_file():
