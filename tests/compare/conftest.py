@@ -20,5 +20,5 @@ def micro_compare(tmp_path_factory):
     grid = write_grid(root / "micro.yaml", "- vapo\n- grpo\n")
     out = root / "out"
     t0 = time.perf_counter()
-    res = run_compare(grid, jobs=2, quick=True, out=out, progress=False)
+    res = run_compare(grid, jobs=2, quick=True, out=out, progress=True)  # the progress display runs too
     return grid, out, res, time.perf_counter() - t0
