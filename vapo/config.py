@@ -276,12 +276,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of preset ``name`` (validated keys, not yet merged)."""
-    if name not in PRESETS:
+    """The raw mapping of preset ``name`` (validated keys, not yet merged).
+
+    ``name`` is one of PRESETS (``presets/<name>.yaml``) or an ablation preset
+    (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``).
+    """
+    ablations = sorted(p.stem for p in (PRESET_DIR / "ablations").glob("*.yaml"))
+    if name not in PRESETS and name not in ablations:
+        known = [*PRESETS, *ablations]
         raise ConfigError(
-            f"unknown preset {name!r}.{did_you_mean(name, PRESETS)}", where="--preset", fix=f"use one of: {', '.join(PRESETS)}"
+            f"unknown preset {name!r}.{did_you_mean(name, known)}", where="--preset", fix=f"use one of: {', '.join(known)}"
         )
-    path = PRESET_DIR / f"{name}.yaml"
+    path = PRESET_DIR / f"{name}.yaml" if name in PRESETS else PRESET_DIR / "ablations" / f"{name}.yaml"
     data = load_yaml(path)
     _check_keys(data, Config, "", str(path))
     return data
