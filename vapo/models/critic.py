@@ -102,7 +102,7 @@ class Critic(nn.Module):
         dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
                                                "backbone_class": type(self.backbone).__name__, "dtype": dtype,
-                                               "gradient_checkpointing": bool(getattr(self.backbone, "is_gradient_checkpointing", False))},
+                                               "gradient_checkpointing": bool(getattr(self.backbone, "gradient_checkpointing", False))},
                                               indent=2) + "\n")
 
     @classmethod
