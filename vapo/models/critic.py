@@ -30,6 +30,12 @@ HEAD_FILE = "value_head.safetensors"
 META_FILE = "critic.json"
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    from vapo.models.hf import is_checkpointing
+
+    return is_checkpointing(model)
+
+
 class Critic(nn.Module):
     """Causal-LM backbone + ``Linear(hidden, 1)`` value head. float32 values.
 
@@ -102,7 +108,7 @@ class Critic(nn.Module):
         dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
                                                "backbone_class": type(self.backbone).__name__, "dtype": dtype,
-                                               "gradient_checkpointing": bool(getattr(self.backbone, "gradient_checkpointing", False))},
+                                               "gradient_checkpointing": _checkpointing(self.backbone)},
                                               indent=2) + "\n")
 
     @classmethod
@@ -127,7 +133,9 @@ class Critic(nn.Module):
             raise VapoError(f"could not load the critic backbone from {d}: {type(e).__name__}: {e}",
                             where="Critic.from_pretrained", fix="re-save the critic with Critic.save_pretrained") from e
         if meta.get("gradient_checkpointing"):
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            from vapo.models.hf import enable_checkpointing
+
+            enable_checkpointing(backbone)
         critic = cls(backbone, zero_init=True)
         critic.value_head.load_state_dict(load_file(str(d / HEAD_FILE)))
         return critic.eval()

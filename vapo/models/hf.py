@@ -45,7 +45,7 @@ def apply_model_options(model: Any, options: dict[str, Any], *, weights_dir: str
     if options.get("lora"):
         add_lora(model, options["lora"], weights_dir=weights_dir)
     if options.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     setattr(model.config, OPTIONS_KEY, dict(options))
     return model
 
@@ -71,14 +71,42 @@ def add_lora(model: Any, lora: dict[str, Any], *, weights_dir: str | Path | None
                               fix="name linear layers of this architecture, e.g. [q_proj, k_proj, v_proj, o_proj]") from e
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
-    if weights_dir is not None:
+    if weights_dir is not None and saved_lora_weights(weights_dir):
         saved = _read_safetensors(Path(weights_dir))
-        if any("lora_" in k for k in saved):
-            missing, _ = model.load_state_dict(saved, strict=False)
-            missing = [k for k in missing if not k.endswith("lm_head.weight")]
-            if missing:
-                raise VapoError(f"the LoRA checkpoint in {weights_dir} lacks {len(missing)} weights (e.g. {missing[0]})",
-                                where="load_policy", fix="load a checkpoint saved by vapo with the same LoRA settings")
+        missing, _ = model.load_state_dict(saved, strict=False)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing:
+            raise VapoError(f"the LoRA checkpoint in {weights_dir} lacks {len(missing)} weights (e.g. {missing[0]})",
+                            where="load_policy", fix="load a checkpoint saved by vapo with the same LoRA settings")
+
+
+def saved_lora_weights(directory: str | Path) -> bool:
+    """True when the safetensors weights in ``directory`` hold LoRA adapters (a saved LoRA policy)."""
+    from safetensors import safe_open
+
+    for f in Path(directory).glob("*.safetensors"):
+        if f.name != "value_head.safetensors":
+            with safe_open(str(f), "pt") as fh:
+                if any("lora_" in k for k in fh.keys()):
+                    return True
+    return False
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation (gradient) checkpointing, non-reentrant, through whichever API transformers has."""
+    fn = getattr(model, "activation_checkpointing_enable", None)
+    if fn is not None:
+        fn(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_checkpointing(model: Any) -> bool:
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def _is_lora_layer(module: Any) -> bool:
@@ -152,7 +180,7 @@ def build_critic(cfg: Any, policy: Any) -> Any:
                             where="model.critic_path", fix="use a critic model with the policy's tokenizer")
         critic = Critic(backbone).to(next(policy.parameters()).device)
     if mc.gradient_checkpointing:
-        critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(critic.backbone)
     return critic
 
 

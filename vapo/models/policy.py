@@ -87,6 +87,7 @@ def build_policy(size: str, tokenizer: Any, seed: int = 0) -> Any:
 
 OPTIONS_KEY = "vapo_options"  # in config.json: dtype, gradient checkpointing and LoRA of a saved policy
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer_config.json")
 
 
 def _check_model_dir(p: Path, where: str) -> None:
@@ -123,13 +124,21 @@ def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
             raise VapoError(f"{p / 'config.json'} is not a JSON object: {e}", where="load_policy",
                             fix="re-save the model with save_pretrained") from e
     dtype = options.get("dtype", "float32")
+    from vapo.models.hf import apply_model_options, saved_lora_weights
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        if options.get("lora") and saved_lora_weights(p):
+            # a checkpoint of a LoRA policy: its layers are saved as base_layer + lora_A/B, which
+            # apply_model_options loads after injecting the adapters into a model built from config
+            from transformers import AutoConfig
+
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p), dtype=DTYPES[dtype],
+                                                     attn_implementation="sdpa")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype], attn_implementation="sdpa")
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for broken directories
         raise VapoError(f"could not load a causal LM from {p}: {type(e).__name__}: {e}", where="load_policy",
                         fix="check that the directory holds config.json and model.safetensors of a causal LM") from e
-    from vapo.models.hf import apply_model_options
-
     apply_model_options(model, options, weights_dir=p)
     return model.eval()
 
@@ -140,6 +149,10 @@ def load_tokenizer(path: str | Path, *, where: str = "model.path") -> Any:
     from transformers import AutoTokenizer
 
     p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        # (transformers would build an empty tokenizer from the model's config alone)
+        raise VapoError(f"{p} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})", where=where,
+                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(p)
     except Exception as e:
