@@ -96,10 +96,10 @@ VERIFIERS = ("math_verify", "exact")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def read_rows(path: str | Path, *, where: str = "task.kwargs.path") -> tuple[list[tuple[str, Any]], list[str] | None, dict[str, str]]:
+def read_rows(path: str | Path, *, where: str = "task.kwargs.path") -> tuple[list[tuple[str, Any]], list[str] | None, dict[str, Any]]:
     """The raw rows of a data file as ``(location, row)`` pairs, the table's column names (None for
-    jsonl, whose rows may differ) and, for a ``datasets`` DatasetDict, the other splits' rows are
-    not read but their names returned in ``extra`` as {split name: "DatasetDict"}.
+    jsonl, whose rows may differ) and, for a ``datasets`` DatasetDict, its other splits by name
+    (its "train" split gives the rows).
 
     Locations are ``file:line`` for jsonl and ``file row N`` (1-based) otherwise.
     """
@@ -210,16 +210,20 @@ class FileTask:
         self.verify_timeout = float(verify_timeout)
         self.sources: dict[str, str] = {}
         self.rows: dict[str, list[Problem]] = {s: [] for s in SPLITS}
-        extra = self._load(self.path, "task.kwargs.path", default_split=None if heldout_path is None else "train")
+        rows, columns, extra = read_rows(self.path, where="task.kwargs.path")
+        held = None if heldout_path is not None else next((k for k in ("test", "validation") if k in extra), None)
+        if not rows:
+            raise DataError("the file has no rows", where=str(self.path),
+                            fix="add one row (JSON object) per problem with prompt and answer fields")
+        # rows without a split field: all train when held-out data comes from elsewhere, else the seeded split
+        self._add_rows(rows, columns, "train" if heldout_path is not None or held is not None else None)
         if heldout_path is not None:
             self._load(Path(heldout_path), "task.kwargs.heldout_path", default_split="heldout")
             self.sources["heldout"] = str(heldout_path)
-        else:
-            held = next((k for k in ("test", "validation") if k in extra), None)
-            if held is not None:
-                self._add_rows([(f"{self.path} [{held}] row {i + 1}", r) for i, r in enumerate(extra[held])],
-                               list(extra[held].column_names), "heldout")
-                self.sources["heldout"] = f"{self.path} [{held}]"
+        elif held is not None:
+            self._add_rows([(f"{self.path} [{held}] row {i + 1}", r) for i, r in enumerate(extra[held])],
+                           list(extra[held].column_names), "heldout")
+            self.sources["heldout"] = f"{self.path} [{held}]"
         if long_path is not None:
             self._load(Path(long_path), "task.kwargs.long_path", default_split="long")
             self.sources["long"] = str(long_path)
@@ -233,13 +237,12 @@ class FileTask:
             self.fallback["long"] = "heldout" if self.rows["heldout"] else "train"
 
     # ------------------------------------------------------------------ loading
-    def _load(self, path: Path, where: str, default_split: str | None) -> dict[str, Any]:
-        rows, columns, extra = read_rows(path, where=where)
+    def _load(self, path: Path, where: str, default_split: str) -> None:
+        rows, columns, _ = read_rows(path, where=where)
         if not rows:
             raise DataError("the file has no rows", where=str(path),
                             fix="add one row (JSON object) per problem with prompt and answer fields")
         self._add_rows(rows, columns, default_split)
-        return extra
 
     def _add_rows(self, rows: list[tuple[str, Any]], columns: list[str] | None, default_split: str | None) -> None:
         if columns is not None:
