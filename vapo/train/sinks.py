@@ -143,7 +143,11 @@ class WandbSink:
             self.run.summary[k] = v
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # the transaction log is written by W&B's service process; shutting it down flushes the file
+        wandb.teardown()
 
 
 class MlflowSink:
