@@ -140,3 +140,15 @@ def test_a_tracker_that_is_not_installed_fails_before_anything_is_written(tmp_pa
         make_sinks(_cfg("jsonl", "tensorboard", "mlflow"), run_dir)
     assert "pip install 'vapo[logging]'" in e.value.fix
     assert not run_dir.exists()
+
+
+def test_eval_results_go_to_trackers_not_to_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard", reason="the logging extra (tensorboard) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with make_sinks(_cfg("jsonl", "tensorboard"), tmp_path) as s:
+        s.log_eval({"heldout": {"accuracy": 0.25, "pass_at_k": {"1": 0.25, "2": 0.5}, "split": "heldout"}}, step=0)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    ea = EventAccumulator(str(tmp_path / "tensorboard"))
+    ea.Reload()
+    assert [e.value for e in ea.Scalars("eval/heldout/pass_at_k/2")] == [0.5]

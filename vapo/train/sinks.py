@@ -221,6 +221,15 @@ class Sinks:
         for s in self.sinks:
             s.log_metrics(metrics, step)
 
+    def log_eval(self, results: dict[str, dict[str, Any]], step: int) -> None:
+        """Evaluation results by split to the trackers as ``eval/<split>/<metric>`` (eval.jsonl,
+        written by the run, is their jsonl record)."""
+        keep = ("accuracy", "pass_at_k", "by_size", "mean_length", "truncated_frac")
+        record = {"eval": {split: {k: r[k] for k in keep if k in r} for split, r in results.items()}}
+        for s in self.sinks:
+            if not isinstance(s, JsonlSink):
+                s.log_metrics(record, step)
+
     def log_summary(self, summary: dict[str, Any]) -> None:
         for s in self.sinks:
             s.log_summary(summary)
