@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-verl = pytest.importorskip("verl", reason="verl is not installed (pip install 'vapo[verl]')")
+verl = pytest.importorskip("verl", reason="verl is not installed: it needs its own environment (pip install -e '.[verl]', which pins transformers < 5.11; docs/verl.md)")
 
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo import core_algos, ray_trainer  # noqa: E402
