@@ -61,6 +61,7 @@ def test_one_nan_skips_that_update_and_the_run_goes_on(tmp_path):
     m = read_jsonl(run / "metrics.jsonl")
     assert [r["iteration"] for r in m] == [1, 2, 3]
     assert [r["actor_skipped_frac"] for r in m] == [0.0, 1.0, 0.0]
+    assert all(r["reward_faults"] == 0 and "reward_faults_timeout" in r for r in m)  # the verifier's counters, every line
     # The skipped step changed nothing: weights and AdamW state of step_2 are those of step_1 ...
     w1, w2 = _policy(run, 1), _policy(run, 2)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
