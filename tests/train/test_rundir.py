@@ -116,3 +116,32 @@ def test_resume_of_a_run_in_use_is_refused_and_changes_nothing(tmp_path):
         with pytest.raises(VapoError, match="in use by another process"):
             resume_run(run, progress=False)
         assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_resume_sets_aside_the_lines_it_will_produce_again(tmp_path):
+    """Lines after the checkpoint (and a torn last line) move to a file of their own, never lost;
+    resuming from the final checkpoint also sets aside the final evaluation, which it repeats."""
+    from vapo.train.run import _set_aside
+    from vapo.train.rundir import append_jsonl, read_jsonl
+
+    def fill():
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            (tmp_path / name).unlink(missing_ok=True)
+            for it in range(0, 5):
+                append_jsonl(tmp_path / name, {"iteration": it})
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write('{"iteration": 5, "rew')  # torn by a kill
+
+    fill()
+    _set_aside(tmp_path, 2)
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [0, 1, 2]
+    aside = sorted(p.name for p in tmp_path.glob("metrics.jsonl.before-resume-*"))
+    assert len(aside) == 1 and (tmp_path / aside[0]).read_text().endswith('{"iteration": 5, "rew')
+    fill()
+    _set_aside(tmp_path, 4, final=True)  # within the same second: a second, distinct file
+    assert len(list(tmp_path.glob("metrics.jsonl.before-resume-*"))) == 2
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [0, 1, 2, 3]
+    _set_aside(tmp_path, 4)  # nothing to set aside: nothing moves
+    assert len(list(tmp_path.glob("*.before-resume-*"))) == 4

@@ -256,16 +256,18 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
     return summary
 
 
-def _set_aside(run_dir: Path, step: int) -> None:
+def _set_aside(run_dir: Path, step: int, final: bool = False) -> None:
     """Lines of metrics.jsonl / eval.jsonl logged after iteration ``step`` (and a torn last line)
-    will be produced again: move the file aside (never deleted) and keep the lines up to ``step``."""
+    will be produced again: move the file aside (never deleted) and keep the lines up to ``step``.
+    ``final``: ``step`` is the last iteration, whose checkpoint follows the final evaluation, which
+    the resumed run repeats: its eval lines are set aside too."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for fname in ("metrics.jsonl", "eval.jsonl"):
+    for fname, upto in (("metrics.jsonl", step), ("eval.jsonl", step - 1 if final else step)):
         path = run_dir / fname
         if not path.is_file():
             continue
         rows = read_jsonl(path)
-        keep = [r for r in rows if r.get("iteration", 0) <= step]
+        keep = [r for r in rows if r.get("iteration", 0) <= upto]
         n_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
         if len(keep) == n_lines:
             continue
@@ -307,7 +309,7 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
             if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
                 raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
                                 fix="start a new run (e.g. with more --iterations)")
-            _set_aside(run_dir, step)
+            _set_aside(run_dir, step, final=step >= cfg.train.iterations)
             console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
             append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time(),
                                                     "skipped_checkpoints": {p.name: why for p, why in skipped}})
