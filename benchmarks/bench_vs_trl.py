@@ -74,13 +74,13 @@ def prepare_model(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     from vapo.config import resolve_config
     from vapo.tasks import get_task
     from vapo.train.sft import warm_start
-    from vapo.train.trainer import NullUI
+    from vapo.train.ui import quiet_ui
 
     cfg = resolve_config("grpo", overrides=[f"task.name={args.task}", f"model.size={args.size}",
                                             f"sft.steps={args.sft_steps}", f"seed={args.seed}"])
     task = get_task(cfg.task.name, **cfg.task.kwargs)
     t0 = time.perf_counter()
-    policy, tokenizer = warm_start(cfg, task, ui=NullUI())
+    policy, tokenizer = warm_start(cfg, task, ui=quiet_ui())
     policy.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     n_params = sum(p.numel() for p in policy.parameters())
@@ -103,11 +103,12 @@ def vapo_overrides(args: argparse.Namespace, model_dir: Path) -> list[str]:
 
 def build_vapo(preset: str, args: argparse.Namespace, model_dir: Path, run_dir: Path) -> Any:
     from vapo.config import resolve_config
-    from vapo.train.trainer import NullUI, Trainer
+    from vapo.train.trainer import Trainer
+    from vapo.train.ui import quiet_ui
 
     cfg = resolve_config(preset, overrides=vapo_overrides(args, model_dir))
     trainer = Trainer(cfg, run_dir, progress=False)
-    trainer.build(NullUI())
+    trainer.build(quiet_ui())
     return trainer
 
 
@@ -115,7 +116,7 @@ def build_vapo(preset: str, args: argparse.Namespace, model_dir: Path, run_dir: 
 def vapo_no_eos(enabled: bool):
     """Benchmark-only: make vapo's sampler never stop early (every answer max_new_tokens long).
 
-    ``Trainer.generate`` imports ``vapo.rollout.sample`` at call time; this wraps it to pass
+    ``vapo.train.collect.rollout_and_score`` imports ``vapo.rollout.sample`` at call time; this wraps it to pass
     ``eos_token_id=None`` (the sampler's "never stop early"): an EOS token may still be sampled,
     it just does not end the answer, so the work per answer is exactly max_new_tokens.
     """
@@ -139,7 +140,7 @@ def vapo_no_eos(enabled: bool):
 
 def run_vapo_iteration(trainer: Any) -> dict[str, float]:
     t0 = time.perf_counter()
-    m = trainer.iterate()
+    m, _ = trainer.iterate()
     sec = time.perf_counter() - t0
     return {"seconds": sec, "tokens": float(m["tokens"]), "gen_seconds": float(m["time_rollout"]),
             "accuracy": float(m["accuracy"]), "mean_length": float(m["response_length"]),

@@ -146,6 +146,23 @@ def _mount_diagnose() -> None:
 _mount_diagnose()
 
 
+@app.command()
+@_friendly
+def compare(
+    grid: Annotated[Path, typer.Argument(help="grid file: named variants × seeds (e.g. examples/ablation.yaml)")],
+    jobs: Annotated[int, typer.Option(help="cells run in parallel (CPU threads are split between them)")] = 1,
+    quick: Annotated[bool, typer.Option(help="the grid's reduced budget (its `quick:` section), for a first look")] = False,
+    out: Annotated[Path | None, typer.Option(help="output directory: one run directory per cell, reports (default runs/<grid>)")] = None,
+    no_diagnose: Annotated[bool, typer.Option("--no-diagnose", help="skip `vapo diagnose` on one seed per variant")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run a grid of presets and ablations × seeds and compare them with 95% CIs, beside the papers' numbers."""
+    from vapo.compare.cli import run_compare
+
+    if run_compare(grid, jobs=jobs, quick=quick, out=out, diagnose=not no_diagnose, progress=not quiet) is None:
+        raise typer.Exit(130)
+
+
 def main() -> None:
     try:
         app()

@@ -118,6 +118,16 @@ class TaskConfig(_Section):
 class ModelConfig(_Section):
     size: str = Field("micro", description="built-in model size (micro ≈ 0.2M, tiny ≈ 1M, small ≈ 6M parameters), used when path is null")
     path: str | None = Field(None, description="a Hugging Face causal-LM directory to start from instead of a built-in size")
+    # Hugging Face models (used when path is set; see docs/byo.md)
+    chat_template: bool = Field(True, description="format prompts with the tokenizer's chat template when it has one (false: BOS if any, then the text)")
+    system_prompt: str | None = Field(None, description="system message placed before each prompt by the chat template (needs a template)")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype of policy, reference and critic (bfloat16 on a GPU)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, ~30% more time) for policy and critic")
+    critic_path: str | None = Field(None, description="a Hugging Face model directory for the critic's backbone (default: a copy of the warm-start policy's); same tokenizer required")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank r of the actor's adapters (peft); 0 trains all weights")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling α (the update is α/r · B A)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="names of the linear layers that get LoRA adapters")
 
 
 class SFTConfig(_Section):
@@ -168,6 +178,11 @@ class EvalConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="evaluation nucleus p (1.0: the distribution RL trains; the VAPO/DAPO protocol uses 0.7, which all but removes sampling slips)")
 
 
+class LoggingConfig(_Section):
+    sinks: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics go: jsonl (metrics.jsonl, required) plus any of tensorboard, wandb (offline), mlflow (local store), all inside the run directory")
+    project: str = Field("vapo", description="W&B project / MLflow experiment name")
+
+
 class Config(_Section):
     preset: str = Field("vapo", description="algorithm preset the algo section started from")
     seed: int = Field(0, description="random seed (runs are reproducible given seed and machine)")
@@ -180,6 +195,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     diagnose_every: int = Field(0, ge=0, description="run cheap diagnostics every N iterations and log them (0 = off)")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -279,12 +295,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of preset ``name`` (validated keys, not yet merged)."""
-    if name not in PRESETS:
+    """The raw mapping of preset ``name`` (validated keys, not yet merged).
+
+    ``name`` is one of PRESETS (``presets/<name>.yaml``) or an ablation preset
+    (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``).
+    """
+    ablations = sorted(p.stem for p in (PRESET_DIR / "ablations").glob("*.yaml"))
+    if name not in PRESETS and name not in ablations:
+        known = [*PRESETS, *ablations]
         raise ConfigError(
-            f"unknown preset {name!r}.{did_you_mean(name, PRESETS)}", where="--preset", fix=f"use one of: {', '.join(PRESETS)}"
+            f"unknown preset {name!r}.{did_you_mean(name, known)}", where="--preset", fix=f"use one of: {', '.join(known)}"
         )
-    path = PRESET_DIR / f"{name}.yaml"
+    path = PRESET_DIR / f"{name}.yaml" if name in PRESETS else PRESET_DIR / "ablations" / f"{name}.yaml"
     data = load_yaml(path)
     _check_keys(data, Config, "", str(path))
     return data

@@ -31,7 +31,7 @@ def test_gae_with_exact_critic_and_lambda0_is_exact_advantage():
     mdp = make_chain(4, 6, 3, (0.1, 0.6), seed=2)
     v = mdp.values(mdp.init_logits)
     noise = (torch.zeros(mdp.init_logits.shape[:2], dtype=torch.float64),) * 2
-    E.BASELINES["_lam0"] = ("gae", dict(lam_actor=0.0))
+    E.BASELINES["_lam0"] = ("gae", dict(lam_actor=0.0, alpha=0.05))
     try:
         out = E.evaluate_batch(mdp.init_logits, mdp, v, noise, 0.0, 4.0, 3, 4, torch.Generator().manual_seed(0))
     finally:

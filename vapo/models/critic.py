@@ -30,6 +30,12 @@ HEAD_FILE = "value_head.safetensors"
 META_FILE = "critic.json"
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    from vapo.models.hf import is_checkpointing
+
+    return is_checkpointing(model)
+
+
 class Critic(nn.Module):
     """Causal-LM backbone + ``Linear(hidden, 1)`` value head. float32 values.
 
@@ -58,6 +64,10 @@ class Critic(nn.Module):
             raise VapoError(f"cannot find the backbone of {type(policy).__name__}", where="Critic.from_policy",
                             fix="pass a Hugging Face causal LM (e.g. from vapo.models.build_policy)")
         backbone = copy.deepcopy(base)
+        from vapo.models.hf import has_lora, merge_lora
+
+        if has_lora(backbone):  # a LoRA actor: the critic trains all weights of a plain copy
+            merge_lora(backbone)
         backbone.requires_grad_(True)
         critic = cls(backbone)
         return critic.to(next(policy.parameters()).device).train(policy.training)
@@ -95,12 +105,15 @@ class Critic(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(d)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}, str(d / HEAD_FILE))
+        dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
-                                               "backbone_class": type(self.backbone).__name__}, indent=2) + "\n")
+                                               "backbone_class": type(self.backbone).__name__, "dtype": dtype,
+                                               "gradient_checkpointing": _checkpointing(self.backbone)},
+                                              indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Critic:
-        """Load a critic written by :meth:`save_pretrained` (float32)."""
+        """Load a critic written by :meth:`save_pretrained` (in the dtype it was saved in)."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
@@ -113,11 +126,16 @@ class Critic(nn.Module):
         if meta.get("format") != CRITIC_FORMAT:
             raise VapoError(f"unknown critic format {meta.get('format')!r} in {d / META_FILE}",
                             where="Critic.from_pretrained", fix=f"expected {CRITIC_FORMAT!r}; re-save the critic")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(meta.get("dtype", "float32"), torch.float32)
         try:
-            backbone = AutoModel.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa")
+            backbone = AutoModel.from_pretrained(d, dtype=dtype, attn_implementation="sdpa")
         except Exception as e:
             raise VapoError(f"could not load the critic backbone from {d}: {type(e).__name__}: {e}",
                             where="Critic.from_pretrained", fix="re-save the critic with Critic.save_pretrained") from e
+        if meta.get("gradient_checkpointing"):
+            from vapo.models.hf import enable_checkpointing
+
+            enable_checkpointing(backbone)
         critic = cls(backbone, zero_init=True)
         critic.value_head.load_state_dict(load_file(str(d / HEAD_FILE)))
         return critic.eval()

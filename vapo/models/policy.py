@@ -85,54 +85,106 @@ def build_policy(size: str, tokenizer: Any, seed: int = 0) -> Any:
     return model.eval()
 
 
-def load_policy(path: str | Path) -> Any:
-    """Load a causal LM saved with ``save_pretrained`` (``AutoModelForCausalLM``), float32, eval mode.
+OPTIONS_KEY = "vapo_options"  # in config.json: dtype, gradient checkpointing and LoRA of a saved policy
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer_config.json")
+
+
+def _check_model_dir(p: Path, where: str) -> None:
+    if not p.is_dir():
+        raise VapoError(f"model directory {p} does not exist", where=where,
+                        fix="pass a directory written by save_pretrained (e.g. runs/<name>/checkpoints/step_N/policy)")
+    if not (p / "config.json").is_file():
+        raise VapoError(f"{p} has no config.json", where=where,
+                        fix="pass a Hugging Face model directory written by save_pretrained")
+
+
+def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
+    """Load a causal LM saved with ``save_pretrained`` (``AutoModelForCausalLM``), eval mode.
+
+    ``options`` (see :func:`vapo.models.hf.model_options`): ``dtype`` ("float32" | "bfloat16"),
+    ``gradient_checkpointing`` (bool) and ``lora`` (peft LoRA settings or None). When omitted they
+    are read from the ``vapo_options`` entry that a saved policy carries in its config.json (so a
+    checkpoint reloads as it was trained), else float32, no checkpointing, no LoRA.
 
     Raises VapoError when ``path`` is not a directory holding a causal-LM ``config.json`` and
     weights. The tokenizer is loaded separately (``AutoTokenizer.from_pretrained(path)``), or both
     together with :func:`load_policy_and_tokenizer`.
     """
+    import json
+
     from transformers import AutoModelForCausalLM
 
     p = Path(path)
-    if not p.is_dir():
-        raise VapoError(f"policy directory {p} does not exist", where="load_policy",
-                        fix="pass a directory written by save_pretrained (e.g. runs/<name>/checkpoints/step_N/policy)")
-    if not (p / "config.json").is_file():
-        raise VapoError(f"{p} has no config.json", where="load_policy",
-                        fix="pass a Hugging Face model directory written by save_pretrained")
+    _check_model_dir(p, "load_policy")
+    if options is None:
+        try:
+            options = json.loads((p / "config.json").read_text()).get(OPTIONS_KEY) or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise VapoError(f"{p / 'config.json'} is not a JSON object: {e}", where="load_policy",
+                            fix="re-save the model with save_pretrained") from e
+    dtype = options.get("dtype", "float32")
+    from vapo.models.hf import apply_model_options, saved_lora_weights
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
+        if options.get("lora") and saved_lora_weights(p):
+            # a checkpoint of a LoRA policy: its layers are saved as base_layer + lora_A/B, which
+            # apply_model_options loads after injecting the adapters into a model built from config
+            from transformers import AutoConfig
+
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p), dtype=DTYPES[dtype],
+                                                     attn_implementation="sdpa")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype], attn_implementation="sdpa")
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for broken directories
         raise VapoError(f"could not load a causal LM from {p}: {type(e).__name__}: {e}", where="load_policy",
                         fix="check that the directory holds config.json and model.safetensors of a causal LM") from e
+    apply_model_options(model, options, weights_dir=p)
     return model.eval()
 
 
-def load_policy_and_tokenizer(path: str | Path) -> tuple[Any, Any]:
-    """``(load_policy(path), AutoTokenizer.from_pretrained(path))``, checked to be compatible."""
+def load_tokenizer(path: str | Path, *, where: str = "model.path") -> Any:
+    """``AutoTokenizer.from_pretrained(path)`` with a clear error when there is none. A tokenizer
+    without a pad token pads with its EOS (``pad_token = eos_token``); one without EOS is refused."""
     from transformers import AutoTokenizer
 
-    model = load_policy(path)
+    p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        # (transformers would build an empty tokenizer from the model's config alone)
+        raise VapoError(f"{p} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})", where=where,
+                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(Path(path))
+        tokenizer = AutoTokenizer.from_pretrained(p)
     except Exception as e:
-        raise VapoError(f"could not load a tokenizer from {path}: {type(e).__name__}: {e}", where="load_policy_and_tokenizer",
-                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir)") from e
+        raise VapoError(f"could not load a tokenizer from {p}: {type(e).__name__}: {e}", where=where,
+                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir) "
+                            "(tokenizer.json or tokenizer.model and tokenizer_config.json)") from e
+    if tokenizer.eos_token_id is None:
+        raise VapoError(f"the tokenizer in {p} has no EOS token: generation could never end", where=where,
+                        fix='set "eos_token" in tokenizer_config.json (e.g. the chat end-of-turn token "<|im_end|>")')
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy_and_tokenizer(path: str | Path, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(load_policy(path, options), load_tokenizer(path))``, checked to be compatible."""
+    model = load_policy(path, options)
+    tokenizer = load_tokenizer(path, where=str(path))
     ensure_tokenizer_compatible(model, tokenizer, where=str(path))
     return model, tokenizer
 
 
 def ensure_tokenizer_compatible(model: Any, tokenizer: Any, *, where: str = "model") -> None:
     """Raise VapoError unless every token id of ``tokenizer`` indexes a row of the model's embedding
-    and pad/bos/eos exist. (An embedding larger than the vocabulary, e.g. padded to a multiple of
-    64, is allowed.)"""
+    and pad/eos exist (BOS is optional: Qwen2.5's tokenizers have none). (An embedding larger than
+    the vocabulary, e.g. padded to a multiple of 64, is allowed.)"""
     n_emb = model.get_input_embeddings().weight.shape[0]
     n_tok = len(tokenizer)
     if n_tok > n_emb:
         raise VapoError(f"the tokenizer has {n_tok} tokens but the model's embedding has only {n_emb} rows",
                         where=where, fix="load the tokenizer that was saved with this model")
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    for name in ("pad_token_id", "eos_token_id"):
         if getattr(tokenizer, name, None) is None:
             raise VapoError(f"the tokenizer has no {name.removesuffix('_id')}", where=where,
                             fix="set it on the tokenizer (e.g. tokenizer.pad_token = tokenizer.eos_token) or use build_char_tokenizer()")

@@ -9,6 +9,10 @@ are fixed forever (checkpoints depend on them):
 Anything else (tabs, non-ASCII) encodes to <unk>. The literal strings "<pad>", "<eos>", ... in
 a text are *not* matched as special tokens (``split_special_tokens=True``): they encode
 character by character like any other text, so encode/decode is a bijection on printable text.
+
+Hugging Face tokenizers of a ``model.path`` (BPE, SentencePiece) go through the same functions:
+:func:`encode_prompts` applies their chat template when :func:`set_prompt_format` says so, adds
+BOS only when the tokenizer has one, and :func:`decode_responses` cuts at their own EOS.
 """
 
 from __future__ import annotations
@@ -76,23 +80,76 @@ def is_char_tokenizer(tokenizer: Any) -> bool:
     return ok
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int]:
-    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    if bos is None or pad is None:
-        raise VapoError(
-            "the tokenizer has no BOS or no pad token",
-            where="encode_prompts",
-            fix="use vapo.models.build_char_tokenizer() or set bos_token and pad_token on the tokenizer",
-        )
-    return bos, pad
+PROMPT_FORMAT_KEY = "vapo_prompt"
+
+
+def set_prompt_format(tokenizer: Any, *, chat_template: bool = True, system_prompt: str | None = None) -> dict[str, Any]:
+    """Decide how prompts are turned into token ids for ``tokenizer`` and store it on the tokenizer.
+
+    The decision is kept in ``tokenizer.init_kwargs`` so that ``save_pretrained`` writes it into
+    ``tokenizer_config.json``: every checkpoint, the SFT cache and ``vapo eval`` format prompts
+    exactly as training did, without the config at hand.
+
+    * ``chat_template`` and the tokenizer has one: the prompt is the user turn of a conversation
+      (after a system turn with ``system_prompt`` when given), rendered with
+      ``add_generation_prompt=True``; the template writes any BOS itself.
+    * otherwise: BOS (when the tokenizer has one) followed by the text.
+
+    Raises VapoError when ``system_prompt`` is given but no chat template will be applied (it
+    would be ignored). Returns the stored format ``{"chat": bool, "system": str | None}``.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    chat = bool(chat_template) and has_template and not is_char_tokenizer(tokenizer)
+    if system_prompt is not None and not chat:
+        why = "model.chat_template is false" if not chat_template else "the tokenizer has no chat template"
+        raise VapoError(f"model.system_prompt is set but no chat template is applied ({why})", where="model.system_prompt",
+                        fix="remove model.system_prompt, or use a tokenizer with a chat template and model.chat_template=true")
+    fmt = {"chat": chat, "system": system_prompt}
+    tokenizer.init_kwargs[PROMPT_FORMAT_KEY] = fmt
+    return fmt
+
+
+def prompt_format(tokenizer: Any) -> dict[str, Any]:
+    """The stored prompt format (see :func:`set_prompt_format`); plain BOS + text when none was set."""
+    fmt = getattr(tokenizer, "init_kwargs", {}).get(PROMPT_FORMAT_KEY)
+    return fmt if isinstance(fmt, dict) else {"chat": False, "system": None}
+
+
+def render_prompt(tokenizer: Any, text: str) -> str:
+    """The prompt text as the model sees it (the chat template applied when the format says so)."""
+    fmt = prompt_format(tokenizer)
+    if not fmt.get("chat"):
+        return text
+    messages = ([{"role": "system", "content": fmt["system"]}] if fmt.get("system") is not None else []) + [
+        {"role": "user", "content": text}]
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # jinja errors, templates that reject a system turn, ...
+        raise VapoError(f"the tokenizer's chat template failed to render a prompt: {type(e).__name__}: {e}",
+                        where="tokenizer chat_template",
+                        fix="fix the template in tokenizer_config.json, or set model.chat_template=false "
+                            "(and drop model.system_prompt if the template rejects a system turn)") from e
+
+
+def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of one prompt: ``[BOS] + text`` (BOS only when the tokenizer has one), or the
+    rendered chat template (which writes its own special tokens)."""
+    if is_char_tokenizer(tokenizer):
+        return [BOS_ID] + encode_chars(text)
+    if prompt_format(tokenizer).get("chat"):
+        return list(tokenizer.encode(render_prompt(tokenizer, text), add_special_tokens=False))
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode prompts as ``[BOS] + tokens``, left-padded to the longest.
+    """Encode prompts with :func:`prompt_token_ids`, left-padded to the longest.
 
     Returns:
-        prompt_ids  [B, P] int64: padding (``pad_token_id``) on the left, then BOS, then the text.
-        prompt_mask [B, P] int64: 1 on BOS and text tokens, 0 on padding.
+        prompt_ids  [B, P] int64: padding (``pad_token_id``) on the left, then the prompt's ids
+            (``[BOS] + text`` for the built-in tokenizer; the rendered chat template for a
+            Hugging Face tokenizer that has one, see :func:`set_prompt_format`).
+        prompt_mask [B, P] int64: 1 on prompt tokens, 0 on padding.
     Left padding keeps every prompt's last token in column P-1, where generation continues.
     """
     if isinstance(texts, str):
@@ -101,11 +158,15 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, 
     if len(texts) == 0:
         raise VapoError("encode_prompts got no prompts", where="encode_prompts(texts=...)",
                         fix="pass at least one prompt")
-    bos, pad = _special_ids(tokenizer)
-    if is_char_tokenizer(tokenizer):
-        rows = [[bos] + encode_chars(t) for t in texts]
-    else:
-        rows = [[bos] + list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise VapoError("the tokenizer has no pad token", where="encode_prompts",
+                        fix="load the model with vapo.models.load_policy_and_tokenizer (it uses EOS for padding) "
+                            "or set tokenizer.pad_token")
+    rows = [prompt_token_ids(tokenizer, t) for t in texts]
+    if any(len(r) == 0 for r in rows):
+        raise VapoError("a prompt encodes to no tokens (empty text and no BOS token)", where="encode_prompts",
+                        fix="give every problem a non-empty prompt")
     P = max(len(r) for r in rows)
     ids = torch.full((len(rows), P), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), P), dtype=torch.long)

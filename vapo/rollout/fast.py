@@ -48,6 +48,8 @@ def fast_path_unsupported_reason(model: Any) -> str | None:
         return f"rope_type {rope.get('rope_type')!r} depends on the sequence length"
     if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1"
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        return "the model has LoRA adapters (the fast sampler reads the base weights only)"
     base = getattr(model, "model", None)
     need = ("embed_tokens", "layers", "norm", "rotary_emb")
     if base is None or not all(hasattr(base, n) for n in need) or model.get_output_embeddings() is None:

@@ -23,6 +23,7 @@ log-probs, so the two agree to float precision at τ = 1, p = 1.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -34,6 +35,24 @@ from vapo.rollout.fast import FastDecoder, fast_path_unsupported_reason
 from vapo.rollout.sampling import draw
 
 BACKENDS = ("auto", "fast", "hf")
+logger = logging.getLogger("vapo.rollout")
+_NOTED: set[tuple[str, str]] = set()
+
+
+def describe_engine(model: Any) -> str:
+    """Which engine ``backend="auto"`` uses for ``model``, in words (for the run's log)."""
+    reason = fast_path_unsupported_reason(model)
+    if reason is None:
+        return "fast sampler (static KV cache, batch compaction)"
+    return f"Hugging Face forward with its KV cache (fast sampler unsupported: {reason})"
+
+
+def _note_fallback(model: Any, reason: str) -> None:
+    """Say once per model type and reason that sampling falls back to the generic engine."""
+    key = (str(getattr(getattr(model, "config", None), "model_type", None)), reason)
+    if key not in _NOTED:
+        _NOTED.add(key)
+        logger.warning("rollout: %s", describe_engine(model))
 
 
 @dataclass
@@ -141,7 +160,10 @@ def sample(
     prompt_ids = prompt_ids.to(device=device, dtype=torch.long)
     prompt_mask = prompt_mask.to(device=device, dtype=torch.long)
     if backend == "auto":
-        backend = "fast" if fast_path_unsupported_reason(model) is None else "hf"
+        reason = fast_path_unsupported_reason(model)
+        backend = "fast" if reason is None else "hf"
+        if reason is not None:
+            _note_fallback(model, reason)
     run = _sample_fast if backend == "fast" else _sample_hf
     with torch.inference_mode():
         ids, logp = run(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, eos_token_id, generator)

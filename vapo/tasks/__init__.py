@@ -25,11 +25,13 @@ from vapo.tasks.base import (
     score_integer_answer,
 )
 from vapo.tasks.chain import RewriteSum
-from vapo.tasks.files import FileTask, normalise_answer
+from vapo.tasks.files import FileTask, normalise_answer, validate_task
+from vapo.tasks.gym import GymTask
 from vapo.tasks.procedural import DEFAULT_TASK, Addition, Multiply, RepeatAdd, RunningSum
 
 __all__ = [
-    "DEFAULT_TASK", "MARKER", "SPLITS", "TASKS", "Addition", "FileTask", "Multiply", "Problem",
-    "ProceduralTask", "RepeatAdd", "Reward", "RewriteSum", "RunningSum", "Task", "final_answer", "get_task", "instance_unit",
-    "is_heldout", "normalise_answer", "register_task", "sample_problems", "score_integer_answer",
+    "DEFAULT_TASK", "MARKER", "SPLITS", "TASKS", "Addition", "FileTask", "GymTask", "Multiply", "Problem",
+    "ProceduralTask", "RepeatAdd", "Reward", "RewriteSum", "RunningSum", "Task", "final_answer", "get_task",
+    "instance_unit", "is_heldout", "normalise_answer", "register_task", "sample_problems", "score_integer_answer",
+    "validate_task",
 ]

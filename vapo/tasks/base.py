@@ -195,7 +195,12 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
-    """Build the task registered as ``name`` with ``kwargs`` (the config's ``task.kwargs``)."""
+    """Build the task registered as ``name`` with ``kwargs`` (the config's ``task.kwargs``);
+    ``rg:<dataset>`` builds a reasoning-gym task."""
+    if name.startswith("rg:"):
+        from vapo.tasks.gym import make_gym_task
+
+        return make_gym_task(name, **kwargs)
     factory = TASKS.get(name)
     try:
         return factory(**kwargs)

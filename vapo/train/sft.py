@@ -26,14 +26,18 @@ def cache_root() -> Path:
 
 
 def demo_batch(tokenizer: Any, problems: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded [BOS] prompt solution [EOS] sequences and a loss mask on solution + EOS.
+    """Right-padded ``prompt solution [EOS]`` sequences and a loss mask on solution + EOS. The
+    prompt is encoded as in RL (:func:`vapo.models.prompt_token_ids`: BOS + text, or the chat
+    template), so the demonstration continues exactly where sampling will.
 
     Returns input_ids [B, L], attention_mask [B, L], loss_mask [B, L] (1 where the *next* token is
     a solution or EOS token, aligned with the logits that predict it).
     """
+    from vapo.models.tokenizer import prompt_token_ids
+
     seqs, starts = [], []
     for p in problems:
-        prompt = [tokenizer.bos_token_id] + tokenizer.encode(p.prompt, add_special_tokens=False)
+        prompt = prompt_token_ids(tokenizer, p.prompt)
         sol = tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id]
         seqs.append(prompt + sol)
         starts.append(len(prompt))
@@ -100,31 +104,46 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
     return losses
 
 
-def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None) -> tuple[Any, Any]:
+def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None,
+               device: torch.device | str = "cpu") -> tuple[Any, Any]:
     """The warm-start policy and its tokenizer: from ``model.path`` or a built-in size, then SFT.
 
+    A Hugging Face model is loaded with its own tokenizer and the ``model`` options (dtype,
+    gradient checkpointing, LoRA, chat template); ``sft.steps=0`` starts RL from it as it is.
     With ``sft.cache`` the SFT result is stored under ``$VAPO_CACHE_DIR`` (default
     ``~/.cache/vapo``) keyed by a hash of the task, model, SFT config and seed.
     """
     from vapo.models import build_char_tokenizer, build_policy, load_policy_and_tokenizer
+    from vapo.models.hf import apply_model_options, load_model, model_options
+    from vapo.models.tokenizer import prompt_format, set_prompt_format
 
     key = cfg.hash("task", "model", "sft", "seed")
     cached = cache_root() / "sft" / key
     if cfg.sft.cache and cfg.sft.steps > 0 and (cached / "COMPLETE").is_file():
         if ui is not None:
             ui.log(f"warm start: loaded from cache {cached}")
-        return load_policy_and_tokenizer(cached)
+        policy, tokenizer = load_policy_and_tokenizer(cached)
+        return policy.to(device), tokenizer
     torch.manual_seed(cfg.seed)
     if cfg.model.path:
         p = Path(cfg.model.path)
         if not p.is_dir():
             raise VapoError(f"model path {p} is not a directory", where="model.path", fix="point it at a Hugging Face model directory")
-        policy, tokenizer = load_policy_and_tokenizer(p)
+        policy, tokenizer = load_model(cfg)
+        if ui is not None:
+            from vapo.rollout import describe_engine
+
+            fmt = prompt_format(tokenizer)
+            n_train = sum(q.numel() for q in policy.parameters() if q.requires_grad)
+            ui.log(f"model: {p} ({policy.config.model_type}, {sum(q.numel() for q in policy.parameters()):,} parameters, "
+                   f"{n_train:,} trained, {cfg.model.dtype}); tokenizer: {len(tokenizer)} tokens, "
+                   f"eos {tokenizer.eos_token!r}, pad {tokenizer.pad_token!r}, bos {tokenizer.bos_token!r}; "
+                   f"chat template {'on' if fmt['chat'] else 'off'}; rollout: {describe_engine(policy)}")
     else:
         tokenizer = build_char_tokenizer()
-        policy = build_policy(cfg.model.size, tokenizer, seed=cfg.seed)
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
-        raise VapoError("the tokenizer needs pad, bos and eos tokens", where=str(cfg.model.path), fix="set them in the tokenizer config")
+        set_prompt_format(tokenizer, chat_template=cfg.model.chat_template, system_prompt=cfg.model.system_prompt)
+        policy = apply_model_options(build_policy(cfg.model.size, tokenizer, seed=cfg.seed), model_options(cfg.model))
+    policy.to(device)  # SFT runs where training runs (train.device)
     if cfg.sft.steps > 0:
         losses = sft_train(policy, tokenizer, task, cfg, ui=ui, stop=stop)
         if run_dir is not None:

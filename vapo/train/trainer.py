@@ -149,7 +149,7 @@ class Trainer:
         from vapo.train.sft import warm_start
 
         torch.manual_seed(self.cfg.seed)
-        self.policy, self.tokenizer = warm_start(self.cfg, self.task, ui=ui, run_dir=self.run_dir, stop=stop)
+        self.policy, self.tokenizer = warm_start(self.cfg, self.task, ui=ui, run_dir=self.run_dir, stop=stop, device=self.device)
         self.policy.to(self.device)
         if self.uses_ref:
             self.ref_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)

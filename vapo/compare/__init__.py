@@ -1,0 +1,20 @@
+"""`vapo compare GRID`: variants × seeds at an equal sample budget, run as ordinary run
+directories, aggregated with confidence intervals and set beside the papers' numbers.
+
+    grid.py       grid files: parsing and validation (every cell's config) before anything runs
+    runner.py     one `vapo train` subprocess per cell, --jobs at a time, reuse/resume/restart
+    aggregate.py  run directories → per-variant numbers, pairs, ablation drops
+    stats.py      t intervals, interval separation, Welch p, Spearman ρ (scipy.stats)
+    paper.py      the VAPO and DAPO papers' AIME24 numbers
+    report.py     terminal table, compare.json, compare.md, compare.html
+"""
+
+from vapo.compare.grid import Cell, Grid, Variant, load_grid
+
+__all__ = ["Cell", "Grid", "Variant", "load_grid", "run_compare"]
+
+
+def run_compare(*args, **kwargs):  # noqa: ANN002, ANN003 (see vapo.compare.cli.run_compare)
+    from vapo.compare.cli import run_compare as _run
+
+    return _run(*args, **kwargs)

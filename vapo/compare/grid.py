@@ -1,0 +1,299 @@
+"""Grid files: named variants × seeds at an equal sample budget, validated before any cell runs.
+
+A grid is a YAML mapping::
+
+    name: ablation                 # optional (default: the file's stem); names the output directory
+    seeds: [0, 1, 2]
+    config: long_cot.yaml          # optional config file for every variant (relative to the grid file)
+    base:                          # optional overrides for every variant (dotted keys)
+      train.iterations: 200
+    quick:                         # optional: what --quick changes (default: first 2 seeds, iterations ÷ 10)
+      seeds: [0, 1]
+      set: {train.iterations: 30}
+    threshold: 0.7                 # optional accuracy threshold (default: the weakest baseline's final accuracy)
+    equal_budget: true             # check every cell trains on the same number of answers (default true)
+    variants:
+      - vapo                       # shorthand: a preset or ablation preset name
+      - name: alpha_0.05
+        preset: vapo
+        set: {algo.advantage.alpha: 0.05}
+        config: my.yaml            # optional, replaces the grid's config for this variant
+        paper: vapo                # optional: which paper number this variant stands for
+
+Each cell's config resolves as defaults → preset → config file → base → quick → variant ``set``
+→ seed (vapo.config.resolve_config), and every cell is resolved and validated in-process before
+the first one starts, so a typo fails in a second, not after an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vapo.config import Config, load_yaml, resolve_config
+from vapo.errors import ConfigError, VapoError, did_you_mean
+
+GRID_KEYS = ("name", "description", "seeds", "config", "base", "quick", "threshold", "equal_budget", "variants", "diagnose")
+VARIANT_KEYS = ("name", "preset", "set", "config", "paper")
+QUICK_KEYS = ("seeds", "set")
+BASELINE_PRESETS = ("ppo", "vc_ppo", "grpo", "dr_grpo", "dapo")
+# Fields a cell may differ in without changing what it computes (how it runs, not what).
+RUN_ONLY_FIELDS = (("train", "threads"), ("train", "runs_dir"), ("train", "device"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    preset: str
+    overrides: tuple[str, ...]  # dotted key=value strings (base + quick + set), in order
+    config_file: str | None
+    paper: str | None  # key into vapo.compare.paper tables, or None
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: Variant
+    seed: int
+    config: Config  # the resolved, validated config (runs_dir/threads are set at launch)
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.name}-s{self.seed}"
+
+
+@dataclass
+class Grid:
+    path: Path
+    name: str
+    description: str
+    seeds: list[int]
+    variants: list[Variant]
+    cells: list[Cell]
+    quick: bool
+    threshold: float | None
+    diagnose: bool
+    quick_note: str = ""
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+def _err(grid: Path, what: str, where: str = "", fix: str = "") -> ConfigError:
+    return ConfigError(what, where=f"{grid}{': ' + where if where else ''}", fix=fix or None)
+
+
+def _yaml_value(v: Any) -> str:
+    """A value written so that vapo.config.parse_value (YAML) reads it back unchanged."""
+    if isinstance(v, float):
+        text = repr(v)
+        if "e" in text and "." not in text.split("e")[0]:  # YAML 1.1 needs a dot: 1e-05 → 1.0e-05
+            m, e = text.split("e")
+            text = f"{m}.0e{e}"
+        return text
+    return json.dumps(v)  # JSON is YAML: strings quoted, lists/dicts in flow style, null/true/false
+
+
+def _overrides(spec: Any, grid: Path, where: str) -> list[str]:
+    """A mapping {dotted.key: value} (or a list of 'key=value' strings) → ['key=value', ...]."""
+    if spec is None:
+        return []
+    if isinstance(spec, dict):
+        return [f"{k}={_yaml_value(v)}" for k, v in spec.items()]
+    if isinstance(spec, list) and all(isinstance(s, str) and "=" in s for s in spec):
+        return list(spec)
+    raise _err(grid, f"{where} must be a mapping of dotted config keys to values", where,
+               "write e.g. `set: {algo.advantage.alpha: 0.05}`")
+
+
+def _seeds(spec: Any, grid: Path, where: str) -> list[int]:
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if not (isinstance(spec, list) and spec and all(isinstance(s, int) and not isinstance(s, bool) for s in spec)):
+        raise _err(grid, f"{where} must be a non-empty list of integers", where, "write e.g. `seeds: [0, 1, 2]`")
+    if len(set(spec)) != len(spec):
+        raise _err(grid, f"{where} lists a seed twice: {spec}", where, "list each seed once")
+    return list(spec)
+
+
+def _file(spec: Any, grid: Path, where: str) -> str | None:
+    if spec is None:
+        return None
+    p = Path(str(spec))
+    if not p.is_absolute():
+        p = grid.parent / p
+    if not p.is_file():
+        raise _err(grid, f"config file {spec!r} not found (looked for {p})", where,
+                   "paths in a grid are relative to the grid file's directory")
+    return str(p)
+
+
+def _check_keys(d: dict[str, Any], allowed: tuple[str, ...], grid: Path, where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise _err(grid, f"unknown key {k!r}.{did_you_mean(str(k), allowed)}", where, f"valid keys: {', '.join(allowed)}")
+
+
+def _default_quick(iterations: int) -> list[str]:
+    it = max(2, iterations // 10)
+    every = max(1, it // 3)
+    return [f"train.iterations={it}", f"train.eval_every={every}", f"train.checkpoint_every={every}"]
+
+
+def _strip_run_only(d: dict[str, Any]) -> dict[str, Any]:
+    d = json.loads(json.dumps(d))
+    for sec, key in RUN_ONLY_FIELDS:
+        d.get(sec, {}).pop(key, None)
+    return d
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (run-only fields ignored)."""
+    if not prefix:
+        a, b = _strip_run_only(a), _strip_run_only(b)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(config_differences(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} → {vb!r}")
+    return out
+
+
+def samples_per_run(cfg: Config) -> int:
+    """Answers trained on over a run (dynamic sampling generates more; that is reported, not budgeted)."""
+    return cfg.train.iterations * cfg.rollout.prompts_per_iter * cfg.rollout.group_size
+
+
+def check_names(cfg: Config) -> None:
+    """Names the config keeps as plain strings must exist in their registries (the trainer would
+    otherwise fail only when the cell starts)."""
+    import vapo.algos as algos
+    from vapo.tasks import get_task
+
+    algos.get_advantage_estimator(cfg.algo.advantage.estimator)
+    algos.get_policy_loss(cfg.algo.policy_loss.name)
+    algos.get_loss_agg_mode(cfg.algo.policy_loss.agg_mode)
+    get_task(cfg.task.name, **cfg.task.kwargs)
+
+
+def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
+    """Parse and validate a grid file; every cell's config is resolved here (nothing runs)."""
+    grid = Path(path)
+    if not grid.is_file():
+        raise ConfigError(f"grid file not found: {grid}", where="vapo compare GRID",
+                          fix="pass a YAML grid file, e.g. examples/ablation.yaml")
+    data = load_yaml(grid)
+    _check_keys(data, GRID_KEYS, grid, "")
+    name = str(data.get("name") or grid.stem)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise _err(grid, f"grid name {name!r} has characters other than letters, digits, '.', '_' and '-'", "name")
+    seeds = _seeds(data.get("seeds", [0, 1, 2]), grid, "seeds")
+    base = _overrides(data.get("base"), grid, "base")
+    common_file = _file(data.get("config"), grid, "config")
+    threshold = data.get("threshold")
+    if threshold is not None and not (isinstance(threshold, int | float) and 0 <= threshold <= 1):
+        raise _err(grid, f"threshold {threshold!r} is not an accuracy in [0, 1]", "threshold")
+    diagnose = data.get("diagnose", True)
+    if not isinstance(diagnose, bool):
+        raise _err(grid, "diagnose must be true or false", "diagnose")
+
+    quick_set: list[str] = []
+    quick_note = ""
+    if quick:
+        q = data.get("quick") or {}
+        if not isinstance(q, dict):
+            raise _err(grid, "quick must be a mapping with optional `seeds` and `set`", "quick")
+        _check_keys(q, QUICK_KEYS, grid, "quick")
+        seeds = _seeds(q["seeds"], grid, "quick.seeds") if "seeds" in q else seeds[:2]
+        if "set" in q:
+            quick_set = _overrides(q["set"], grid, "quick.set")
+        else:  # iterations ÷ 10 of the full budget, read from the first variant's resolved config
+            quick_set = None  # type: ignore[assignment]
+        quick_note = "--quick: seeds " + ", ".join(map(str, seeds))
+
+    raw_variants = data.get("variants")
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise _err(grid, "a grid needs a non-empty list `variants`", "variants", "write e.g. `variants: [dapo, vapo]`")
+    variants: list[Variant] = []
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_variants):
+        where = f"variants[{i}]"
+        if isinstance(raw, str):
+            raw = {"name": raw, "preset": raw}
+        if not isinstance(raw, dict):
+            raise _err(grid, "a variant is a preset name or a mapping with name/preset/set/config", where)
+        _check_keys(raw, VARIANT_KEYS, grid, where)
+        vname = raw.get("name") or raw.get("preset")
+        if not isinstance(vname, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", vname):
+            raise _err(grid, f"variant name {vname!r} must be letters, digits, '.', '_' or '-'", where)
+        where = f"{where} ({vname})"
+        if vname in seen:
+            raise _err(grid, f"duplicate variant name {vname!r} (also variants[{seen[vname]}])", where,
+                       "give each variant a unique `name:`")
+        seen[vname] = i
+        preset = str(raw.get("preset", vname))
+        vset = _overrides(raw.get("set"), grid, f"{where}.set")
+        vfile = _file(raw.get("config"), grid, f"{where}.config") if "config" in raw else common_file
+        if quick_set is None:  # default quick budget: from the full budget of the first variant
+            try:
+                full = resolve_config(preset, vfile, [*base, *vset])
+            except VapoError as e:
+                raise _err(grid, f"variant {vname!r}: {e.what}", where, e.fix or "") from None
+            quick_set = _default_quick(full.train.iterations)
+        overrides = (*base, *quick_set, *vset)
+        paper = raw.get("paper", preset if not vset and vfile == common_file else None)
+        v = Variant(vname, preset, tuple(overrides), vfile, None if paper is None else str(paper))
+        variants.append(v)
+        for seed in seeds:
+            try:
+                cfg = resolve_config(preset, vfile, [*overrides, f"seed={seed}"])
+                check_names(cfg)
+            except VapoError as e:
+                raise _err(grid, f"variant {vname!r}: {e.what}" + (f" ({e.where})" if e.where else ""), where,
+                           e.fix or "") from None
+            cells.append(Cell(v, seed, cfg))
+    if quick:
+        quick_note += "; overrides " + " ".join(quick_set or [])
+
+    budgets = {c.variant.name: samples_per_run(c.config) for c in cells}
+    if data.get("equal_budget", True) and len(set(budgets.values())) > 1:
+        ref_name, ref = next(iter(budgets.items()))
+        odd = next(n for n, b in budgets.items() if b != ref)
+        c_ref = next(c.config for c in cells if c.variant.name == ref_name)
+        c_odd = next(c.config for c in cells if c.variant.name == odd)
+        raise _err(grid, f"variant {odd!r} trains on {budgets[odd]} answers "
+                         f"({c_odd.train.iterations} iterations × {c_odd.rollout.prompts_per_iter} prompts × "
+                         f"{c_odd.rollout.group_size}), variant {ref_name!r} on {ref} "
+                         f"({c_ref.train.iterations} × {c_ref.rollout.prompts_per_iter} × {c_ref.rollout.group_size})",
+                   f"variants ({odd})",
+                   "make iterations × rollout.prompts_per_iter × rollout.group_size equal, or set `equal_budget: false`")
+    # Cells ordered variant-major so that the first parallel cells have different seeds (their
+    # warm starts are computed once per seed and cached; the rest of the seed's cells reuse them).
+    return Grid(path=grid, name=name, description=str(data.get("description", "")), seeds=seeds, variants=variants,
+                cells=cells, quick=quick, threshold=None if threshold is None else float(threshold), diagnose=diagnose,
+                quick_note=quick_note, budget={"answers_per_run": sorted(set(budgets.values()))})
+
+
+def cell_overrides(cell: Cell) -> list[str]:
+    """The cell's variant overrides plus its seed (what `vapo train` gets besides preset and config)."""
+    return [*cell.variant.overrides, f"seed={cell.seed}"]
+
+
+def check_same_config(cell: Cell, saved: dict[str, Any], run_dir: Path) -> None:
+    """A finished or resumable cell must have run the config the grid asks for now."""
+    diffs = config_differences(saved, cell.config.to_dict())
+    if diffs:
+        raise VapoError(f"cell {cell.name} in {run_dir} ran a different config than the grid now asks for: "
+                        + "; ".join(diffs[:5]) + (" …" if len(diffs) > 5 else ""),
+                        where=str(run_dir / "config.yaml"),
+                        fix="pass another --out directory, or move that run directory away to run the cell again")
+
+
+__all__ = ["BASELINE_PRESETS", "Cell", "Grid", "Variant", "cell_overrides", "check_names", "check_same_config",
+           "config_differences", "load_grid", "samples_per_run"]

@@ -1,0 +1,308 @@
+"""Outputs of `vapo compare`: a terminal table (rich), compare.json (every number), compare.md
+(tables, plots as PNG files beside it) and compare.html (self-contained: plots embedded as
+base64 PNGs, no network; rendered with jinja2, autoescaped)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from vapo.compare.stats import fmt_ci
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _pct(d: dict[str, Any] | None) -> str:
+    return fmt_ci(d, scale=100, digits=1)
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
+
+
+def _ev_mc(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "n/a"
+    ci = f" [{d['lo']:+.2f}, {d['hi']:+.2f}]" if d.get("lo") is not None and d.get("hi") is not None else ""
+    return f"{d['value']:+.2f}{ci}"
+
+
+def _sep(x: bool | None) -> str:
+    return "n/a" if x is None else ("yes" if x else "no")
+
+
+def variant_rows(res: dict[str, Any]) -> list[dict[str, str]]:
+    """One row of strings per variant (shared by the terminal, Markdown and HTML tables)."""
+    rows = []
+    for name, v in res["variants"].items():
+        rel = v.get("samples_rel_dapo")
+        rows.append({
+            "variant": name, "seeds": f"{v['finished']}/{v['cells']}",
+            "heldout": _pct(v["heldout"]), "long": _pct(v["long"]),
+            "steps": fmt_ci(v["steps_to_threshold"], digits=0) + f" ({v['reached']})",
+            "samples": fmt_ci(v["samples_to_threshold"], digits=0),
+            "rel_dapo": "n/a" if rel is None else f"{rel:.2f}×",
+            "ev_train": fmt_ci(v["ev_train"], digits=2), "ev_mc": _ev_mc(v["ev_mc"]),
+            "fail": f"{v['crashes']} / {v['collapses']} / {v['nan_cells']}",
+            "wall": fmt_ci(v["wall_s"], digits=0) + (f" ({v['cpu_s']['mean']:.0f})" if v["cpu_s"]["mean"] else ""),
+            "paper": _num(v["paper_score"], "{:.1f}"),
+        })
+    return rows
+
+
+COLUMNS = (("variant", "variant"), ("seeds", "seeds done"), ("heldout", "held-out % (95% CI)"),
+           ("long", "long % (95% CI)"), ("steps", "steps to thr. (reached)"), ("samples", "answers to thr."),
+           ("rel_dapo", "÷ dapo"), ("ev_train", "critic EV (train)"), ("ev_mc", "critic EV vs MC"),
+           ("fail", "crash / collapse / NaN"), ("wall", "wall s (CPU s)"), ("paper", "paper AIME24"))
+
+
+def print_terminal(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    thr = res["threshold"]
+    t = Table(title=f"vapo compare {res['name']}{' (--quick)' if res['quick'] else ''}: "
+                    f"threshold {_num(thr['value'], '{:.3f}')} ({thr['source']})")
+    for _, head in COLUMNS:
+        t.add_column(head, justify="left" if head == "variant" else "right")
+    for r in variant_rows(res):
+        t.add_row(*[r[k] for k, _ in COLUMNS])
+    console.print(t)
+    sep = [p for p in res["pairs"] if p["heldout"]["separated"]]
+    console.print(f"held-out 95% CIs separate for {len(sep)} of {len(res['pairs'])} pairs"
+                  + (": " + ", ".join(f"{p['a']}/{p['b']}" for p in sep[:12]) if sep else ""))
+    ab = res["ablation"]
+    if ab["rows"]:
+        rho = ab["spearman"]
+        console.print(f"ablation drops vs the paper's: Spearman ρ = {_num(rho['rho'], '{:+.2f}')} "
+                      f"(p = {_num(rho['p'], '{:.2f}')}, n = {rho['n']}){' — ' + rho['note'] if rho['note'] else ''}")
+    for name, v in res["variants"].items():
+        if v.get("diagnose"):
+            worst = "; ".join(f"{t}: {line}" for t, line in v["diagnose"]["findings"][:2])
+            console.print(f"[dim]{name} (seed {v['diagnose']['seed']}): {worst}[/]", overflow="fold")
+
+
+# ------------------------------------------------------------------------------------- plots
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def make_plots(res: dict[str, Any]) -> dict[str, bytes]:
+    """{file name: PNG bytes}: learning curves with CI bands, accuracy by size, ablation drops."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out: dict[str, bytes] = {}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for name, v in res["variants"].items():
+        for ax, key in zip(axes, ("curve", "curve_long", "train_curve"), strict=True):
+            c = [p for p in v[key] if p["mean"] is not None]
+            if not c:
+                continue
+            x = [p["iteration"] for p in c]
+            (line,) = ax.plot(x, [p["mean"] for p in c], marker="o" if key != "train_curve" else None, ms=3, label=name)
+            band = [(p["iteration"], p["lo"], p["hi"]) for p in c if p["lo"] is not None]
+            if band:
+                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                color=line.get_color(), alpha=0.15)
+    thr = res["threshold"]["value"]
+    for ax, title in zip(axes, ("held-out accuracy (eval)", "long-split accuracy (eval)",
+                                "training accuracy (10-iteration mean)"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("RL iteration")
+        ax.grid(alpha=0.3)
+    if thr is not None:
+        axes[0].axhline(thr, color="k", ls=":", lw=1, label="threshold")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("mean over seeds, band = 95% t-interval (none for one seed)")
+    out["curves.png"] = _png(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    names = list(res["variants"])
+    for ax, split in zip(axes, ("heldout", "long"), strict=True):
+        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=int)
+        w = 0.8 / max(1, len(names))
+        for i, n in enumerate(names):
+            d = res["variants"][n]["by_size"][split]
+            m = [d[s]["mean"] if s in d and d[s]["mean"] is not None else np.nan for s in sizes]
+            err = [[(d[s]["mean"] - d[s]["lo"]) if s in d and d[s]["lo"] is not None else 0 for s in sizes],
+                   [(d[s]["hi"] - d[s]["mean"]) if s in d and d[s]["hi"] is not None else 0 for s in sizes]]
+            ax.bar(np.arange(len(sizes)) + i * w - 0.4 + w / 2, m, w, yerr=err, capsize=2, label=n)
+        ax.set_xticks(np.arange(len(sizes)), sizes)
+        ax.set_xlabel("problem size")
+        ax.set_title(f"final {split} accuracy by size")
+    axes[0].legend(fontsize=7)
+    out["by_size.png"] = _png(fig)
+
+    rows = res["ablation"]["rows"]
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+        labels = [r["component"] for r in rows]
+        x = np.arange(len(rows))
+        ours = [np.nan if r["drop"]["mean"] is None else r["drop"]["mean"] for r in rows]
+        err = [[(r["drop"]["mean"] - r["drop"]["lo"]) if r["drop"]["lo"] is not None else 0 for r in rows],
+               [(r["drop"]["hi"] - r["drop"]["mean"]) if r["drop"]["hi"] is not None else 0 for r in rows]]
+        axes[0].bar(x, ours, yerr=err, capsize=3, color="tab:blue")
+        axes[0].set_title("ours: vapo − ablation, held-out points (95% CI)")
+        axes[1].bar(x, [r["paper_drop"] for r in rows], color="tab:gray")
+        axes[1].set_title("paper: 60.4 − ablation, AIME24 points")
+        for ax in axes:
+            ax.set_xticks(x, labels, rotation=30, ha="right")
+            ax.axhline(0, color="k", lw=0.8)
+        out["ablation.png"] = _png(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------------- files
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _sections(res: dict[str, Any], link_base: Path) -> dict[str, Any]:
+    """Table contents shared by compare.md and compare.html (all strings)."""
+    var = [[r[k] for k, _ in COLUMNS] for r in variant_rows(res)]
+    size_tables = []
+    for split in ("heldout", "long"):
+        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=int)
+        rows = [[n] + [_pct(v["by_size"][split].get(s)) for s in sizes] for n, v in res["variants"].items()]
+        size_tables.append((split, ["variant"] + [f"size {s}" for s in sizes], rows))
+    pairs = [[p["a"], p["b"], fmt_ci(p["heldout"]["diff"], 100, 1), _sep(p["heldout"]["separated"]),
+              _num(p["heldout"]["welch_p"], "{:.3f}"), fmt_ci(p["long"]["diff"], 100, 1), _sep(p["long"]["separated"])]
+             for p in res["pairs"]]
+    abl = [[r["component"], r["variant"], fmt_ci(r["drop"], digits=1), f"{r['paper_drop']:.1f}",
+            f"{r['paper_score']:.0f}"] for r in res["ablation"]["rows"]]
+    diag = []
+    for n, v in res["variants"].items():
+        d = v.get("diagnose")
+        if d:
+            rel = os.path.relpath(d["report"], link_base)
+            diag.append({"variant": n, "seed": d["seed"], "step": d["step"], "link": rel, "findings": d["findings"]})
+    return {"variants": var, "size_tables": size_tables, "pairs": pairs, "ablation": abl, "diagnose": diag,
+            "not_diagnosed": [n for n, v in res["variants"].items() if v.get("diagnose_note")]}
+
+
+PAIR_HEAD = ["a", "b", "held-out a − b (pts, 95% CI)", "CIs separate", "Welch p", "long a − b (pts)", "CIs separate"]
+ABL_HEAD = ["component removed", "variant", "our drop (held-out pts, 95% CI)", "paper drop (AIME24 pts)", "paper score"]
+
+
+def _intro(res: dict[str, Any]) -> list[str]:
+    thr = res["threshold"]
+    lines = [res["description"]] if res.get("description") else []
+    lines += [f"Grid `{res['grid']}`: {len(res['variants'])} variants × seeds {', '.join(map(str, res['seeds']))}, "
+             f"{', '.join(map(str, res['budget'].get('answers_per_run', [])))} trained answers per run."]
+    if res["quick"]:
+        lines.append(f"**Reduced budget** ({res['quick_note']}): a first look, not a result.")
+    lines.append(f"Threshold for steps/answers-to-threshold: {_num(thr['value'], '{:.3f}')} ({thr['source']}). "
+                 f"Collapse: {res['collapse_rule']}. Critic EV vs MC: from summary.json `critic_quality` when the "
+                 "trainer records it, else from `vapo diagnose` on one seed, else n/a.")
+    return lines
+
+
+def render_markdown(res: dict[str, Any], plots: list[str], link_base: Path) -> str:
+    s = _sections(res, link_base)
+    out = [f"# vapo compare: {res['name']}", "", *_intro(res), "", "## Variants", "",
+           _md_table([h for _, h in COLUMNS], s["variants"]), ""]
+    out += ["Columns: mean ± half-width of the 95% t-interval over seeds (n/a for one seed); failures are "
+            "crashed attempts / collapsed cells / cells with NaN metrics.", ""]
+    for split, head, rows in s["size_tables"]:
+        out += [f"## Final {split} accuracy by problem size (%)", "", _md_table(head, rows), ""]
+    out += ["## Pairs: do the 95% intervals separate?", "", _md_table(PAIR_HEAD, s["pairs"]), ""]
+    if s["ablation"]:
+        rho = res["ablation"]["spearman"]
+        out += ["## Ablations beside the paper", "", _md_table(ABL_HEAD, s["ablation"]), "",
+                f"Spearman rank correlation between our drops and the paper's: ρ = {_num(rho['rho'], '{:+.3f}')}, "
+                f"p = {_num(rho['p'], '{:.3f}')}, n = {rho['n']}{' (' + rho['note'] + ')' if rho['note'] else ''}.", ""]
+    out += ["## The papers' numbers (AIME24 avg@32, Qwen2.5-32B)", "",
+            "VAPO: 60.4; DAPO 50; PPO 5. DAPO's cumulative table: "
+            + " → ".join(f"{n} {v:.0f}" for n, v in res["paper"]["dapo_cumulative"]) + ".", ""]
+    if s["diagnose"] or s["not_diagnosed"]:
+        out += ["## vapo diagnose (final checkpoint, one seed per variant)", ""]
+        for d in s["diagnose"]:
+            out.append(f"- **{d['variant']}** (seed {d['seed']}, step {d['step']}, [report]({d['link']})):")
+            out += [f"  - {t}: {line}" for t, line in d["findings"]]
+        if s["not_diagnosed"]:
+            out.append("- not diagnosed: " + ", ".join(s["not_diagnosed"]))
+        out.append("")
+    out += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>vapo compare: {{ res.name }}</title>
+<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:1500px}table{border-collapse:collapse;margin:8px 0 18px}
+td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}
+.quick{background:#fff3cd;padding:6px}img{max-width:100%;display:block;margin:8px 0}li{font-size:13px}</style>
+<script>window.addEventListener('load',function(){var im=document.images,ok=0;
+for(var i=0;i<im.length;i++){var g=im[i].complete&&im[i].naturalWidth>0;im[i].setAttribute('data-decoded',g?'yes':'no');if(g)ok++;}
+var d=document.createElement('div');d.id='img-status';d.setAttribute('data-loaded',ok);d.setAttribute('data-total',im.length);
+d.textContent='images decoded: '+ok+'/'+im.length;document.body.appendChild(d);});</script></head><body>
+<h1>vapo compare: {{ res.name }}</h1>
+{% for line in intro %}<p{% if line.startswith("**Reduced") %} class="quick"{% endif %}>{{ line }}</p>{% endfor %}
+{% macro table(head, rows) %}<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
+<section id="sec-variants"><h2>Variants</h2>{{ table(var_head, s.variants) }}
+<p>Mean ± half-width of the 95% t-interval over seeds (n/a for one seed). Failures: crashed attempts / collapsed cells / cells with NaN metrics.</p></section>
+<section id="sec-curves"><h2>Learning curves</h2><img alt="learning curves" src="{{ img['curves.png'] }}"></section>
+<section id="sec-sizes"><h2>Accuracy by problem size</h2>{% for split, head, rows in s.size_tables %}<h3>{{ split }} (%)</h3>{{ table(head, rows) }}{% endfor %}
+<img alt="accuracy by size" src="{{ img['by_size.png'] }}"></section>
+<section id="sec-pairs"><h2>Pairs: do the 95% intervals separate?</h2>{{ table(pair_head, s.pairs) }}</section>
+{% if s.ablation %}<section id="sec-ablation"><h2>Ablations beside the paper</h2>{{ table(abl_head, s.ablation) }}
+<p>Spearman rank correlation between our drops and the paper's: ρ = {{ rho_text }}</p>
+<img alt="ablation drops" src="{{ img['ablation.png'] }}"></section>{% endif %}
+<section id="sec-paper"><h2>The papers' numbers (AIME24 avg@32, Qwen2.5-32B)</h2><p>VAPO 60.4, DAPO 50, PPO 5.</p>
+{{ table(["DAPO's cumulative table", "AIME24"], res.paper.dapo_cumulative) }}</section>
+<section id="sec-diagnose"><h2>vapo diagnose (final checkpoint, one seed per variant)</h2>
+{% for d in s.diagnose %}<h3 id="diag-{{ d.variant }}">{{ d.variant }} — seed {{ d.seed }}, step {{ d.step }} (<a href="{{ d.link }}">report</a>)</h3>
+<ul>{% for t, line in d.findings %}<li><b>{{ t }}</b>: {{ line }}</li>{% endfor %}</ul>{% endfor %}
+{% if s.not_diagnosed %}<p>Not diagnosed: {{ s.not_diagnosed|join(", ") }}</p>{% endif %}</section>
+</body></html>"""
+
+
+def render_html(res: dict[str, Any], plots: dict[str, bytes], link_base: Path) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    img = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in plots.items()}
+    rho = res["ablation"]["spearman"] or {}
+    rho_text = (f"{_num(rho.get('rho'), '{:+.3f}')}, p = {_num(rho.get('p'), '{:.3f}')}, n = {rho.get('n')}"
+                + (f" ({rho['note']})" if rho.get("note") else ""))
+    return env.from_string(_HTML).render(
+        res=res, s=_sections(res, link_base), intro=_intro(res), img=img, var_head=[h for _, h in COLUMNS],
+        pair_head=PAIR_HEAD, abl_head=ABL_HEAD, rho_text=rho_text)
+
+
+def write_outputs(res: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write compare.json, compare.md (+ plots/*.png) and compare.html into ``out``."""
+    out = Path(out)
+    plots = make_plots(res)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for name, data in plots.items():
+        (out / "plots" / name).write_bytes(data)
+    paths = {"json": out / "compare.json", "md": out / "compare.md", "html": out / "compare.html"}
+    paths["json"].write_text(json.dumps(_json_safe(res), indent=1, allow_nan=False))
+    paths["md"].write_text(render_markdown(res, list(plots), out))
+    paths["html"].write_text(render_html(res, plots, out))
+    return paths
