@@ -84,12 +84,12 @@ def _cfg(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (["task.name=file", "task.kwargs={path: missing.jsonl}"], "does not exist or is not a file"),
+    (["task.name=file", "task.kwargs={path: missing.jsonl}"], "missing.jsonl does not exist"),
     (["task.name=file", "task.kwargs={path: DATA}"], r"bad\.jsonl:2"),
     (["task.name=nope"], "unknown task"),
     (["model.size=huge"], "unknown model size"),
     (["model.path=MODEL_NO_CONFIG"], "config.json"),
-    (["model.path=MISSING_DIR"], "not a directory"),
+    (["model.path=MISSING_DIR"], "nowhere does not exist"),
 ])
 def test_a_bad_task_data_or_model_fails_in_start_run_before_any_directory_exists(tmp_path, bad, match):
     from vapo.train import start_run

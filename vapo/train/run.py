@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vapo.config import Config, check_trainable, load_config_file
 from vapo.errors import ConfigError, VapoError
+from vapo.models import validate_model
 from vapo.train.batch import Experience
 from vapo.train.checkpoint import latest_good_checkpoint
 from vapo.train.evaluate import SPLITS, evaluate_split
@@ -173,35 +174,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['run_dir']}  (metrics.jsonl, eval.jsonl, checkpoints/, plots/)")
 
 
-def _check_model(cfg: Config) -> None:
-    """The model can be built: a known size, or a ``model.path`` whose config.json and tokenizer
-    load (the weights are not read: the warm start does that)."""
-    if not cfg.model.path:
-        from vapo.errors import unknown_name_error
-        from vapo.models.policy import MODEL_SIZES
-
-        if cfg.model.size not in MODEL_SIZES:
-            raise unknown_name_error("model size", cfg.model.size, MODEL_SIZES, where="model.size")
-        return
-    from transformers import AutoConfig, AutoTokenizer
-
-    p = Path(cfg.model.path)
-    if not p.is_dir():
-        raise VapoError(f"model path {p} is not a directory", where="model.path", fix="point it at a Hugging Face model directory")
-    try:
-        AutoConfig.from_pretrained(p)
-    except Exception as e:
-        raise VapoError(f"{p} has no readable config.json ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                        where="model.path", fix="point it at a directory written by save_pretrained") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(p)
-    except Exception as e:
-        raise VapoError(f"could not load a tokenizer from {p}: {type(e).__name__}", where="model.path",
-                        fix="save the tokenizer next to the model with tokenizer.save_pretrained(dir)") from None
-    if tok.pad_token_id is None or tok.eos_token_id is None or tok.bos_token_id is None:
-        raise VapoError("the tokenizer needs pad, bos and eos tokens", where=str(p), fix="set them in the tokenizer config")
-
-
 def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float) -> dict[str, Any] | None:
     """Warm start, evaluation, value pretraining, RL, final evaluation: a new run, or a resumed one
     that was stopped before its first checkpoint (started over from its config)."""
@@ -243,7 +215,7 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
     default = f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}"
     planned = plan_run_dir(cfg.train.runs_dir, name, default)
     trainer = Trainer(cfg, planned, progress=progress)  # builds the task: bad task options or data fail here
-    _check_model(cfg)
+    validate_model(cfg, trainer.task)  # config.json and tokenizer, without the weights
     run_dir = new_run_dir(cfg.train.runs_dir, name, default)
     trainer.run_dir = run_dir
     with RunLock(run_dir):
@@ -298,7 +270,7 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
         trainer = Trainer(cfg, run_dir, progress=progress)
         t_start = time.time()
         if found is None:
-            _check_model(cfg)
+            validate_model(cfg, trainer.task)
             _set_aside(run_dir, -1)
             console.print(f"[bold]vapo train --resume[/]: {run_dir} was stopped before its first checkpoint: "
                           "starting it over from its config.yaml")
