@@ -112,6 +112,7 @@ class AlgoConfig(_Section):
 class TaskConfig(_Section):
     name: str = Field("rewrite_sum", description="task name (built-in: rewrite_sum, running_sum, addition, multiply, repeat_add (long chain of thought); 'file' for a jsonl file)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. {path: data.jsonl} for 'file'")
+    verify_timeout: float = Field(10.0, gt=0.0, description="seconds one call of the task's verifier may take; a verifier that raises, hangs or returns a non-number gives that answer reward 0 (counted as reward_faults_<kind> in metrics.jsonl, first example of each kind logged)")
 
 
 class ModelConfig(_Section):
@@ -165,6 +166,8 @@ class TrainConfig(_Section):
     eval_every: int = Field(100, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    keep_checkpoints: int = Field(3, ge=0, description="keep the last K checkpoints step_N (step_0, the start of RL, is always kept as well; 0 = keep all)")
+    max_bad_updates: int = Field(3, ge=1, description="stop the run (checkpoint, message, exit 2) after this many consecutive optimizer steps of one model skipped for NaN/Inf")
     device: str = Field("auto", description="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 

@@ -210,3 +210,28 @@ def test_manifest_is_written_after_every_other_file(tmp_path, models, monkeypatc
     assert STATE_FILE in order[0] and "policy/model.safetensors" in order[0]
     m = json.loads((ck / MANIFEST).read_text())
     assert set(m["files"]) == set(order[0])
+
+
+def test_eval_and_diagnose_use_only_checkpoints_whose_weights_verify(tmp_path, models):
+    """vapo eval / vapo diagnose (readable_checkpoints): a damaged checkpoint is skipped with its
+    reason, an unfinished one too; one written before manifests (COMPLETE, no manifest) is used,
+    unverified, and said."""
+    from vapo.train.checkpoint import readable_checkpoints, weights_verified
+
+    for s in (0, 1, 2):
+        _save(tmp_path, s, models)
+    legacy = tmp_path / "checkpoints" / "step_3"
+    models[0].save_pretrained(legacy / "policy")
+    (legacy / "COMPLETE").write_text("1")
+    (tmp_path / "checkpoints" / "step_4" / "policy").mkdir(parents=True)  # unfinished: no marker, no manifest
+    st = tmp_path / "checkpoints" / "step_1" / STATE_FILE
+    st.write_bytes(b"\0" + st.read_bytes()[1:])  # same size, different bytes
+    lines = []
+    good, skipped = readable_checkpoints(tmp_path, log=lines.append)
+    assert [s for s, _ in good] == [0, 2, 3]
+    assert [(p.name, "sha256" in why or "MANIFEST" in why) for p, why in skipped] == [("step_1", True), ("step_4", True)]
+    assert "corrupted" in skipped[0][1]
+    assert any("step_3 has no MANIFEST.json (written before manifests)" in line for line in lines)
+    assert weights_verified(tmp_path / "checkpoints" / "step_2") is True and weights_verified(legacy) is False
+    with pytest.raises(CheckpointError, match="sha256"):
+        weights_verified(tmp_path / "checkpoints" / "step_1")

@@ -85,3 +85,39 @@ def test_n_consecutive_skips_raise_a_clear_project_error_and_a_good_update_reset
     assert guard.skipped_total == 5
     with pytest.raises(ValueError):
         BadUpdateGuard(0)
+
+
+def test_score_batch_guards_every_verifier_call_with_the_configured_timeout():
+    """The one scoring path of training, evaluation and diagnostics: faults score 0 and are counted
+    for the iteration's metrics line; the timeout comes from task.verify_timeout."""
+    import time as _time
+
+    from vapo.config import resolve_config
+    from vapo.tasks import Problem, Reward
+    from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, score_batch
+
+    class Flaky:
+        name = "flaky"
+
+        def score(self, problem, text):
+            if text == "raise":
+                raise RuntimeError("boom")
+            if text == "hang":
+                _time.sleep(5)
+            if text == "none":
+                return None
+            return Reward(1.0, True, text, "ok")
+
+    cfg = resolve_config("grpo", overrides=["task.verify_timeout=0.05"])
+    settings = RewardSettings.from_config(cfg)
+    assert settings.verify_timeout == 0.05
+    p = Problem(prompt="q", solution="a", answer="a", size=1, split="train")
+    texts = ["ok", "raise", "hang", "none", "ok"]
+    before = dict(REWARD_FAULTS)
+    t0 = _time.perf_counter()
+    scores, correct = score_batch(Flaky(), [p] * 5, texts, torch.tensor([2, 2, 2, 2, 2]), settings)
+    assert _time.perf_counter() - t0 < 2.0  # the hang was cut at 0.05 s
+    assert scores.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0] and correct.tolist() == [True, False, False, False, True]
+    m = reward_fault_counts(since=before)
+    assert m == {"reward_faults": 3, "reward_faults_exception": 1, "reward_faults_timeout": 1,
+                 "reward_faults_bad_return": 1, "reward_faults_not_a_number": 0, "reward_faults_non_finite": 0}

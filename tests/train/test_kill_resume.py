@@ -18,11 +18,13 @@ import pytest
 from vapo.train.rundir import read_jsonl
 
 TIME_KEYS = {"tokens_per_s", "time_rollout", "time_annotate", "time_actor", "time_critic", "time_iter"}
-ITERS = 6
-ARGS = ["train.threads=1", "model.size=micro", "sft.steps=20", "sft.cache=true", "rollout.prompts_per_iter=4",
-        "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatch_size=16", "algo.critic.pretrain_steps=1",
-        "algo.critic.pretrain_min_steps=1", "eval.prompts=4", "eval.samples=1", "train.eval_every=0",
-        "train.checkpoint_every=1", f"train.iterations={ITERS}"]
+ITERS = 5
+# As small as a run gets while keeping every piece a resume must restore: actor and critic with
+# their AdamW and schedules, the three random streams, metrics and eval lines.
+ARGS = ["train.threads=1", "model.size=micro", "sft.steps=8", "sft.cache=true", "rollout.prompts_per_iter=2",
+        "rollout.group_size=4", "rollout.max_new_tokens=16", "optim.minibatch_size=8", "algo.critic.pretrain_steps=1",
+        "algo.critic.pretrain_min_steps=1", "eval.prompts=2", "eval.samples=1", "train.eval_every=2",
+        "train.checkpoint_every=1", "train.keep_checkpoints=2", f"train.iterations={ITERS}"]
 CLI = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--quiet"]
 
 
@@ -80,11 +82,13 @@ def reference(tmp_path_factory):
     assert proc.returncode == 0, out[-3000:]
     rows = read_jsonl(tmp / "runs" / "ref" / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == list(range(1, ITERS + 1))
-    return tmp, _strip(rows)
+    evals = read_jsonl(tmp / "runs" / "ref" / "eval.jsonl")
+    assert [e["iteration"] for e in evals] == [0, 0, 2, 2, 4, 4, 5, 5]
+    return tmp, _strip(rows), evals
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(reference):
-    tmp, ref = reference
+    tmp, ref, ref_evals = reference
     run = tmp / "runs" / "k"
     rng = random.Random(int(os.environ.get("VAPO_KILL_SEED", "0")))
     env = _env(tmp)
@@ -121,22 +125,16 @@ def test_sigkill_at_random_moments_then_resume_is_exact(reference):
     rows = read_jsonl(metrics)
     assert [r["iteration"] for r in rows] == list(range(1, ITERS + 1)), log  # none duplicated, none missing
     assert _strip(rows) == ref, log  # identical numbers
+    assert read_jsonl(run / "eval.jsonl") == ref_evals, log  # evaluations too, each exactly once
     assert redone <= len(plan), (redone, log)  # checkpoint every iteration: at most one redone per kill
     print(f"kills (kind, metric lines at kill, last checkpoint): {log}; iterations redone: {redone}")
 
 
-PENDING_CHECKPOINT = pytest.mark.xfail(
-    strict=True, reason="pending wiring: Trainer.save_checkpoint must write through vapo.train.checkpoint (manifest)")
-PENDING_RESTART = pytest.mark.xfail(
-    strict=True, reason="pending wiring: resume_run must start over from config.yaml when there is no checkpoint")
-
-
-@PENDING_CHECKPOINT
 def test_a_checkpoint_killed_mid_write_is_never_taken_for_a_good_one(reference):
     """A kill during a checkpoint write leaves a checkpoint set in which every step_N verifies."""
     from vapo.train.checkpoint import checkpoint_candidates, verify_checkpoint
 
-    tmp, _ = reference
+    tmp, _, _ = reference
     run = tmp / "runs" / "w"
     env = _env(tmp, VAPO_CHECKPOINT_PAUSE="0.3")
     proc = _start(tmp, "w", False, env)
@@ -145,9 +143,8 @@ def test_a_checkpoint_killed_mid_write_is_never_taken_for_a_good_one(reference):
         verify_checkpoint(path)
 
 
-@PENDING_RESTART
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(reference):
-    tmp, ref = reference
+    tmp, ref, _ = reference
     run = tmp / "runs" / "early"
     proc = _start(tmp, "early", False, _env(tmp))
     assert _kill_when(proc, lambda: (run / "config.yaml").is_file())

@@ -75,3 +75,73 @@ def test_a_second_process_is_refused_and_a_dead_holder_does_not_block(tmp_path):
     lock.release()
     with RunLock(run):
         pass
+
+
+def _cfg(tmp_path, *extra):
+    from vapo.config import resolve_config
+
+    return resolve_config("grpo", overrides=[f"train.runs_dir={tmp_path / 'runs'}", "model.size=micro", *extra])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["task.name=file", "task.kwargs={path: missing.jsonl}"], "missing.jsonl does not exist"),
+    (["task.name=file", "task.kwargs={path: DATA}"], r"bad\.jsonl:2"),
+    (["task.name=nope"], "unknown task"),
+    (["model.size=huge"], "unknown model size"),
+    (["model.path=MODEL_NO_CONFIG"], "config.json"),
+    (["model.path=MISSING_DIR"], "nowhere does not exist"),
+])
+def test_a_bad_task_data_or_model_fails_in_start_run_before_any_directory_exists(tmp_path, bad, match):
+    from vapo.train import start_run
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "1+1?", "answer": "2"}\nnot json\n')
+    (tmp_path / "model").mkdir()
+    subs = {"DATA": str(data), "MODEL_NO_CONFIG": str(tmp_path / "model"), "MISSING_DIR": str(tmp_path / "nowhere")}
+    for k, v in subs.items():
+        bad = [b.replace(k, v) for b in bad]
+    with pytest.raises(VapoError, match=match):
+        start_run(_cfg(tmp_path, *bad), progress=False)
+    assert not (tmp_path / "runs").exists()  # not even runs/
+
+
+def test_resume_of_a_run_in_use_is_refused_and_changes_nothing(tmp_path):
+    from vapo.train import resume_run
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(_cfg(tmp_path).to_yaml())
+    with RunLock(run):
+        before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+        with pytest.raises(VapoError, match="in use by another process"):
+            resume_run(run, progress=False)
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_resume_sets_aside_the_lines_it_will_produce_again(tmp_path):
+    """Lines after the checkpoint (and a torn last line) move to a file of their own, never lost;
+    resuming from the final checkpoint also sets aside the final evaluation, which it repeats."""
+    from vapo.train.run import _set_aside
+    from vapo.train.rundir import append_jsonl, read_jsonl
+
+    def fill():
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            (tmp_path / name).unlink(missing_ok=True)
+            for it in range(0, 5):
+                append_jsonl(tmp_path / name, {"iteration": it})
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write('{"iteration": 5, "rew')  # torn by a kill
+
+    fill()
+    _set_aside(tmp_path, 2)
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [0, 1, 2]
+    aside = sorted(p.name for p in tmp_path.glob("metrics.jsonl.before-resume-*"))
+    assert len(aside) == 1 and (tmp_path / aside[0]).read_text().endswith('{"iteration": 5, "rew')
+    fill()
+    _set_aside(tmp_path, 4, final=True)  # within the same second: a second, distinct file
+    assert len(list(tmp_path.glob("metrics.jsonl.before-resume-*"))) == 2
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [0, 1, 2, 3]
+    _set_aside(tmp_path, 4)  # nothing to set aside: nothing moves
+    assert len(list(tmp_path.glob("*.before-resume-*"))) == 4

@@ -16,6 +16,7 @@ sequences) and the per-checkpoint evaluations of section 5; ``Budget`` holds the
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +43,8 @@ from vapo.errors import VapoError
 from vapo.train import adapter
 from vapo.train.batch import forward_rows
 from vapo.train.collect import RewardSettings
+
+logger = logging.getLogger("vapo.diagnostics")
 
 REL_POSITIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 SECTION_TITLES = {
@@ -79,7 +82,7 @@ class Budget:
 
 def _load_run(run: Path, step: int | None) -> tuple[Any, int, Path, list[tuple[int, Path]]]:
     from vapo.config import load_config_file
-    from vapo.train.rundir import checkpoint_dirs
+    from vapo.train.checkpoint import readable_checkpoints
 
     run = Path(run)
     if not run.is_dir():
@@ -88,17 +91,21 @@ def _load_run(run: Path, step: int | None) -> tuple[Any, int, Path, list[tuple[i
     if not (run / "config.yaml").is_file():
         raise VapoError(f"{run} has no config.yaml", where="vapo diagnose RUN", fix="pass a directory made by `vapo train`")
     cfg = load_config_file(run / "config.yaml")
-    found = checkpoint_dirs(run)
+    # Only checkpoints whose files match their manifest (a damaged one is skipped, and said).
+    found, skipped = readable_checkpoints(run, log=logger.warning)
+    bad = [f"{p.name}: {why}" for p, why in skipped]
     if not found:
-        raise VapoError(f"no complete checkpoint in {run / 'checkpoints'}", where="vapo diagnose RUN",
+        raise VapoError(f"no complete checkpoint in {run / 'checkpoints'}" + (f" ({'; '.join(bad)})" if bad else ""),
+                        where="vapo diagnose RUN",
                         fix="train the run until its first checkpoint (step_0 is written after value pretraining)")
     if step is None:
         step, ckpt = found[-1]
     else:
         match = [p for s, p in found if s == step]
         if not match:
-            raise VapoError(f"no checkpoint step_{step} in {run / 'checkpoints'}", where="--step",
-                            fix=f"use one of: {', '.join(str(s) for s, _ in found)}")
+            why = [b for b in bad if b.startswith(f"step_{step}:")]
+            raise VapoError(f"no good checkpoint step_{step} in {run / 'checkpoints'}" + (f" ({why[0]})" if why else ""),
+                            where="--step", fix=f"use one of: {', '.join(str(s) for s, _ in found)}")
         ckpt = match[0]
     return cfg, step, ckpt, found
 

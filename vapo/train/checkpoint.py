@@ -217,6 +217,43 @@ def latest_good_checkpoint(run_dir: Path, *, log: Callable[[str], None] | None =
                           fix="start a new run with the same config (`vapo train -c <run>/config.yaml`)")
 
 
+def weights_verified(path: Path) -> bool:
+    """Whether the weights of checkpoint ``path`` may be used by ``vapo eval`` and ``vapo
+    diagnose`` (which read policy/ and critic/, never the trainer state): True when every file
+    matches the manifest; False for a checkpoint written before manifests existed (the
+    ``COMPLETE`` marker of a finished write, no manifest), usable but unverified.
+
+    Raises:
+        CheckpointError: it has a manifest that its files do not match, or it is unfinished.
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / MANIFEST).is_file() and (path / "COMPLETE").is_file():
+        return False
+    verify_checkpoint(path)
+    return True
+
+
+def readable_checkpoints(run_dir: Path, *, log: Callable[[str], None] | None = None
+                         ) -> tuple[list[tuple[int, Path]], list[tuple[Path, str]]]:
+    """The checkpoints of ``run_dir`` whose weights may be used (:func:`weights_verified`),
+    sorted by step, and ``(path, reason)`` of the skipped ones; ``log`` gets one line per skipped
+    or unverified checkpoint."""
+    good: list[tuple[int, Path]] = []
+    skipped: list[tuple[Path, str]] = []
+    for step, path in checkpoint_candidates(Path(run_dir) / "checkpoints"):
+        try:
+            verified = weights_verified(path)
+        except CheckpointError as e:
+            skipped.append((path, e.what))
+            if log is not None:
+                log(f"skipping checkpoint {path.name}: {e.what}")
+            continue
+        if not verified and log is not None:
+            log(f"checkpoint {path.name} has no {MANIFEST} (written before manifests): its files are not verified")
+        good.append((step, path))
+    return good, skipped
+
+
 def prune_checkpoints(run_dir: Path, keep: int, *, protect: Sequence[int] = (0,)) -> list[Path]:
     """Delete all but the ``keep`` newest finished checkpoints (``keep`` = 0 keeps all), plus any
     stale temporary directory of an interrupted write. Steps in ``protect`` are never deleted
@@ -243,5 +280,6 @@ def prune_checkpoints(run_dir: Path, keep: int, *, protect: Sequence[int] = (0,)
 
 __all__ = [
     "MANIFEST", "STATE_FILE", "CheckpointError", "checkpoint_candidates", "latest_good_checkpoint", "load_state",
-    "prune_checkpoints", "save_checkpoint", "verify_checkpoint", "write_manifest",
+    "prune_checkpoints", "readable_checkpoints", "save_checkpoint", "verify_checkpoint", "weights_verified",
+    "write_manifest",
 ]

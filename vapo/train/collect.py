@@ -5,6 +5,12 @@ regenerated batches (``generate_batch``) and the Monte-Carlo value probe (``mc_v
 :func:`rollout_and_score`, and every verifier call goes through :func:`score_batch`: the
 distribution the diagnostics measure is the one training samples from, by construction.
 Problems are drawn with :func:`vapo.tasks.sample_problems` everywhere.
+
+Every verifier call is guarded (:class:`vapo.tasks.guard.GuardedVerifier`): a verifier that
+raises, hangs past ``settings.verify_timeout`` or returns a non-number gives that answer reward 0.
+The faults are counted by kind in :data:`REWARD_FAULTS` (process-wide totals; the trainer logs
+each iteration's share as ``reward_faults_<kind>``) and the first example of each kind is logged
+once per task.
 """
 
 from __future__ import annotations
@@ -15,8 +21,15 @@ from typing import Any
 
 import torch
 
+from vapo.config import TaskConfig
 from vapo.errors import VapoError
+from vapo.tasks.guard import FAULT_KINDS, GuardedVerifier
 from vapo.train.batch import Experience, pad_left, pad_right
+
+# Fault counts of every score_batch call in this process, by kind (see the module doc).
+REWARD_FAULTS: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+# Fault kinds already logged, per task name: one example of each kind per task and process.
+_LOGGED: dict[str, set[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,7 @@ class RewardSettings:
     temperature, top_p: the sampling distribution (vapo.rollout.sample; temperature 0 = greedy).
     max_new_tokens: L_max; a response that reaches it without EOS is truncated.
     overlong: add the soft overlong punishment to the task score (L_cache = overlong_cache_len).
+    verify_timeout: seconds one verifier call may take (the config's ``task.verify_timeout``).
     """
 
     temperature: float
@@ -33,6 +47,7 @@ class RewardSettings:
     max_new_tokens: int
     overlong: bool = False
     overlong_cache_len: int = 32
+    verify_timeout: float = TaskConfig.model_fields["verify_timeout"].default
 
     @classmethod
     def from_config(cls, cfg: Any) -> RewardSettings:
@@ -40,7 +55,7 @@ class RewardSettings:
         return cls(
             temperature=float(cfg.rollout.temperature), top_p=float(cfg.rollout.top_p),
             max_new_tokens=int(cfg.rollout.max_new_tokens), overlong=bool(cfg.algo.overlong.enabled),
-            overlong_cache_len=int(cfg.algo.overlong.cache_len),
+            overlong_cache_len=int(cfg.algo.overlong.cache_len), verify_timeout=float(cfg.task.verify_timeout),
         )
 
 
@@ -48,12 +63,18 @@ def score_batch(task: Any, problems: Sequence[Any], texts: Sequence[str], length
                 settings: RewardSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The reward of finished responses: the task's verifier score, plus the overlong penalty
     when ``settings.overlong`` (docs/algorithms.md, overlong shaping). Every verifier call of
-    the project goes through here.
+    the project goes through here, guarded: a call that raises, takes longer than
+    ``settings.verify_timeout`` seconds or returns a non-number scores 0 and is counted in
+    :data:`REWARD_FAULTS`.
 
     Args: problems, texts: B each; lengths [B] int response lengths (EOS included).
     Returns: scores [B] float32 and correct [B] bool.
     """
-    rewards = [task.score(p, t) for p, t in zip(problems, texts, strict=True)]
+    guard = GuardedVerifier(task, timeout_s=settings.verify_timeout)
+    guard.logged = _LOGGED.setdefault(str(getattr(task, "name", type(task).__name__)), set())
+    rewards = guard.score_batch(list(zip(problems, texts, strict=True)))
+    for kind, n in guard.last.items():
+        REWARD_FAULTS[kind] += n
     scores = torch.tensor([float(r.score) for r in rewards], dtype=torch.float32)
     if settings.overlong:
         from vapo.algos.shaping import overlong_penalty
@@ -162,4 +183,11 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
     )
 
 
-__all__ = ["RewardSettings", "rollout_and_score", "score_batch"]
+def reward_fault_counts(since: dict[str, int]) -> dict[str, int]:
+    """The reward faults counted since the snapshot ``since`` (a copy of :data:`REWARD_FAULTS`), as
+    metrics: ``reward_faults`` (all kinds) and ``reward_faults_<kind>``, zeros included."""
+    new = {k: REWARD_FAULTS[k] - since.get(k, 0) for k in FAULT_KINDS}
+    return {"reward_faults": sum(new.values()), **{f"reward_faults_{k}": v for k, v in new.items()}}
+
+
+__all__ = ["REWARD_FAULTS", "RewardSettings", "reward_fault_counts", "rollout_and_score", "score_batch"]

@@ -89,16 +89,22 @@ def eval_command(run: Path, *, prompts: int | None, samples: int | None, tempera
     from vapo.config import load_config_file
     from vapo.models import load_policy_and_tokenizer
     from vapo.tasks import get_task
-    from vapo.train.rundir import latest_checkpoint
+    from vapo.train.checkpoint import readable_checkpoints, weights_verified
 
     run = Path(run)
     if not run.exists():
         raise VapoError(f"{run} does not exist", where="vapo eval", fix="pass a run directory (runs/<name>) or a checkpoint directory")
+    console = Console()
     if (run / "policy").is_dir():
+        if not weights_verified(run):  # a damaged checkpoint raises CheckpointError, naming the bad file
+            console.print(f"[yellow]{run} has no manifest (written before manifests): its files are not verified")
         ckpt, run_dir = run, run.parent.parent
-    else:
-        _, ckpt = latest_checkpoint(run)
-        run_dir = run
+    else:  # the newest checkpoint whose files match their manifest (damaged ones are skipped, and said)
+        found, skipped = readable_checkpoints(run, log=lambda line: console.print(f"[yellow]{line}"))
+        if not found:
+            raise VapoError(f"no usable checkpoint in {run / 'checkpoints'}" + "".join(f"; {p.name}: {w}" for p, w in skipped),
+                            where="vapo eval", fix="train the run until its first checkpoint (step_0 is written after value pretraining)")
+        ckpt, run_dir = found[-1][1], run
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise VapoError(f"no config.yaml in {run_dir}", where="vapo eval", fix="pass a directory made by `vapo train`")
@@ -106,7 +112,6 @@ def eval_command(run: Path, *, prompts: int | None, samples: int | None, tempera
     policy, tokenizer = load_policy_and_tokenizer(ckpt / "policy")
     policy.eval()
     task = get_task(cfg.task.name, **cfg.task.kwargs)
-    console = Console()
     e = cfg.eval
     n, k = prompts or e.prompts, samples or e.samples
     temp = e.temperature if temperature is None else temperature

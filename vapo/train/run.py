@@ -21,9 +21,12 @@ from rich.table import Table
 
 from vapo.config import Config, check_trainable, load_config_file
 from vapo.errors import ConfigError, VapoError
+from vapo.models import validate_model
 from vapo.train.batch import Experience
+from vapo.train.checkpoint import latest_good_checkpoint
 from vapo.train.evaluate import SPLITS, evaluate_split
-from vapo.train.rundir import append_jsonl, latest_checkpoint, new_run_dir, read_jsonl
+from vapo.train.faults import DivergenceError
+from vapo.train.rundir import RunLock, append_jsonl, new_run_dir, plan_run_dir, read_jsonl
 from vapo.train.trainer import Trainer
 from vapo.train.ui import UI, StopFlag, graceful_interrupts, progress_ui
 
@@ -94,7 +97,10 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
             append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "interrupted", "iteration": trainer.iteration, "time": time.time()})
             ui.log(f"[yellow]interrupted: saved {path}; continue with `vapo train --resume {trainer.run_dir}`")
             return False
-        m, exp = trainer.iterate()
+        try:
+            m, exp = trainer.iterate()
+        except DivergenceError as e:
+            raise _diverged(trainer, e) from None
         for cb in callbacks:
             cb.on_iteration_end(trainer, exp, m)
         append_jsonl(trainer.run_dir / "metrics.jsonl", m)
@@ -107,6 +113,18 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
     for cb in callbacks:
         cb.on_loop_end(trainer)
     return True
+
+
+def _diverged(trainer: Trainer, e: DivergenceError) -> VapoError:
+    """The run stops: keep the last finite weights in a checkpoint (the skipped steps left them
+    untouched), log the event, and say what diverged and where the weights are."""
+    ck = trainer.run_dir / "checkpoints" / f"step_{trainer.iteration}"
+    if not ck.is_dir():
+        trainer.save_checkpoint()
+    append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "diverged", "iteration": trainer.iteration,
+                                                    "message": e.what, "time": time.time()})
+    return VapoError(f"{e.what}. The run stopped; checkpoint {ck} holds its weights at iteration {trainer.iteration} "
+                     "(finite: no skipped update was applied)", where=e.where, fix=e.fix)
 
 
 def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
@@ -156,40 +174,90 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['run_dir']}  (metrics.jsonl, eval.jsonl, checkpoints/, plots/)")
 
 
-def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
-              callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
-    """Create runs/<name>, warm-start, pretrain the critic, run RL, evaluate, plot, summarise."""
-    check_trainable(cfg)
-    check_callbacks(cfg, callbacks)
-    run_dir = new_run_dir(cfg.train.runs_dir, name, f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}")
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
-                  f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
-    t_start = time.time()
-    trainer = Trainer(cfg, run_dir, progress=progress)
-    with graceful_interrupts() as flag, progress_ui(progress) as ui:
+def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float) -> dict[str, Any] | None:
+    """Warm start, evaluation, value pretraining, RL, final evaluation: a new run, or a resumed one
+    that was stopped before its first checkpoint (started over from its config)."""
+    run_dir = trainer.run_dir
+    with graceful_interrupts() as flag, progress_ui(trainer.progress) as ui:
         try:
             trainer.build(ui, stop=flag)
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted during the warm start: nothing to resume yet (the next run starts over)")
+            console.print(f"[yellow]interrupted during the warm start: `vapo train --resume {run_dir}` starts it over")
             return None
         if trainer.uses_critic:
             trainer.critic.save_pretrained(run_dir / "checkpoints" / "critic_init")
         _evaluate(trainer, ui)
-        trainer.pretrain_value(ui, flag)
+        try:
+            trainer.pretrain_value(ui, flag)
+        except DivergenceError as e:  # no checkpoint exists yet: nothing to keep but the warm start's cache
+            append_jsonl(run_dir / "events.jsonl", {"phase": "diverged", "iteration": 0, "message": e.what, "time": time.time()})
+            raise VapoError(f"value pretraining diverged: {e.what}", where=e.where,
+                            fix="lower optim.critic_lr or optim.grad_clip, check the task's rewards, and start a new run") from None
         if flag.requested:
-            console.print("[yellow]interrupted during value pretraining: nothing to resume yet (the warm start is cached)")
+            console.print(f"[yellow]interrupted during value pretraining: `vapo train --resume {run_dir}` starts it over "
+                          "(the warm start is cached)")
             return None
         trainer.save_checkpoint()
         if not train_loop(trainer, ui, flag, callbacks):
             return None
-        summary = _finish(trainer, ui, t_start)
-    print_summary(summary)
+        return _finish(trainer, ui, t_start)
+
+
+def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
+              callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
+    """Create runs/<name>, warm-start, pretrain the critic, run RL, evaluate, plot, summarise.
+
+    Everything that can be checked (config, run name, task options and data, model) is checked
+    before the run directory exists: a bad invocation leaves nothing behind. The run directory is
+    locked for the life of the run (a second process on it is refused)."""
+    check_trainable(cfg)
+    check_callbacks(cfg, callbacks)
+    default = f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}"
+    planned = plan_run_dir(cfg.train.runs_dir, name, default)
+    trainer = Trainer(cfg, planned, progress=progress)  # builds the task: bad task options or data fail here
+    validate_model(cfg, trainer.task)  # config.json and tokenizer, without the weights
+    run_dir = new_run_dir(cfg.train.runs_dir, name, default)
+    trainer.run_dir = run_dir
+    with RunLock(run_dir):
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
+                      f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
+        summary = _from_start(trainer, callbacks, time.time())
+    if summary is not None:
+        print_summary(summary)
     return summary
 
 
+def _set_aside(run_dir: Path, step: int, final: bool = False) -> None:
+    """Lines of metrics.jsonl / eval.jsonl logged after iteration ``step`` (and a torn last line)
+    will be produced again: move the file aside (never deleted) and keep the lines up to ``step``.
+    ``final``: ``step`` is the last iteration, whose checkpoint follows the final evaluation, which
+    the resumed run repeats: its eval lines are set aside too."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for fname, upto in (("metrics.jsonl", step), ("eval.jsonl", step - 1 if final else step)):
+        path = run_dir / fname
+        if not path.is_file():
+            continue
+        rows = read_jsonl(path)
+        keep = [r for r in rows if r.get("iteration", 0) <= upto]
+        n_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
+        if len(keep) == n_lines:
+            continue
+        aside, n = run_dir / f"{fname}.before-resume-{stamp}", 2
+        while aside.exists():  # two resumes within a second
+            aside, n = run_dir / f"{fname}.before-resume-{stamp}-{n}", n + 1
+        path.rename(aside)
+        path.touch()
+        for r in keep:
+            append_jsonl(path, r)
+
+
 def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
-    """Continue a run from its latest checkpoint, exactly as if it had not stopped."""
+    """Continue a run from its latest good checkpoint, exactly as if it had not stopped.
+
+    A checkpoint that fails its manifest check is skipped (said, and logged in events.jsonl) for
+    the previous good one; a run stopped before its first checkpoint starts over from its saved
+    config.yaml. Lines logged after the checkpoint are set aside and produced again."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -197,28 +265,31 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
     cfg = load_config_file(cfg_path)
     check_trainable(cfg, str(cfg_path))
     check_callbacks(cfg, callbacks)
-    step, ckpt = latest_checkpoint(run_dir)
-    if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
-        raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
-                        fix="start a new run (e.g. with more --iterations)")
-    # Metrics logged after the checkpoint will be produced again: set them aside, never delete.
-    for fname in ("metrics.jsonl", "eval.jsonl"):
-        path = run_dir / fname
-        rows = read_jsonl(path)
-        keep = [r for r in rows if r.get("iteration", 0) <= step]
-        if len(keep) < len(rows):
-            stamp = int(time.time())
-            path.rename(run_dir / f"{fname}.before-resume-{stamp}")
-            for r in keep:
-                append_jsonl(path, r)
-    console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
-    append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time()})
-    t_start = time.time()
-    trainer = Trainer(cfg, run_dir, progress=progress)
-    trainer.load_checkpoint(ckpt)
-    with graceful_interrupts() as flag, progress_ui(progress) as ui:
-        if not train_loop(trainer, ui, flag, callbacks):
-            return None
-        summary = _finish(trainer, ui, t_start)
-    print_summary(summary)
+    with RunLock(run_dir):
+        found = latest_good_checkpoint(run_dir, log=lambda line: console.print(f"[yellow]{line}"))
+        trainer = Trainer(cfg, run_dir, progress=progress)
+        t_start = time.time()
+        if found is None:
+            validate_model(cfg, trainer.task)
+            _set_aside(run_dir, -1)
+            console.print(f"[bold]vapo train --resume[/]: {run_dir} was stopped before its first checkpoint: "
+                          "starting it over from its config.yaml")
+            append_jsonl(run_dir / "events.jsonl", {"phase": "restart", "iteration": 0, "time": time.time()})
+            summary = _from_start(trainer, callbacks, t_start)
+        else:
+            step, ckpt, skipped = found
+            if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
+                raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
+                                fix="start a new run (e.g. with more --iterations)")
+            _set_aside(run_dir, step, final=step >= cfg.train.iterations)
+            console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
+            append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time(),
+                                                    "skipped_checkpoints": {p.name: why for p, why in skipped}})
+            trainer.load_checkpoint(ckpt)
+            with graceful_interrupts() as flag, progress_ui(progress) as ui:
+                if not train_loop(trainer, ui, flag, callbacks):
+                    return None
+                summary = _finish(trainer, ui, t_start)
+    if summary is not None:
+        print_summary(summary)
     return summary

@@ -175,14 +175,6 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
-    found = checkpoint_dirs(run_dir)
-    if not found:
-        raise VapoError(f"no complete checkpoint in {run_dir / 'checkpoints'}",
-                        where=str(run_dir), fix="start a new run; this one was stopped before its first checkpoint")
-    return found[-1]
-
-
 class AtomicDir:
     """Write a directory under a temporary name, then rename it into place.
 

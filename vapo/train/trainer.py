@@ -42,9 +42,11 @@ from vapo.algos.shaping import dynamic_sampling_keep
 from vapo.config import Config
 from vapo.tasks import sample_problems
 from vapo.train import adapter
+from vapo.train import checkpoint as ckpt
 from vapo.train.batch import Experience, Graphs, forward_rows, micro_batches
-from vapo.train.collect import RewardSettings, rollout_and_score
-from vapo.train.rundir import AtomicDir, append_jsonl
+from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
+from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
+from vapo.train.rundir import append_jsonl
 from vapo.train.ui import UI, StopFlag
 
 
@@ -112,6 +114,8 @@ class Trainer:
         self.device = torch.device(cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.task = get_task(cfg.task.name, **cfg.task.kwargs)
         self.settings = RewardSettings.from_config(cfg)
+        # NaN/Inf guard per model: consecutive skipped optimizer steps (see _finish_step).
+        self.bad_updates = {who: BadUpdateGuard(cfg.train.max_bad_updates) for who in ("actor", "critic")}
         # Random streams, all checkpointed: prompts, sampling, minibatch shuffling.
         self.prompt_rng = random.Random(cfg.seed)
         self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -167,7 +171,9 @@ class Trainer:
         """One iteration, stage by stage. Returns its metrics row and its experience."""
         tm = Timings()
         t = time.perf_counter()
+        faults0 = dict(REWARD_FAULTS)
         exp, gen_info = self.collect()  # sample + score
+        gen_info.update(reward_fault_counts(since=faults0))  # verifier faults of this iteration
         tm.rollout, t = time.perf_counter() - t, time.perf_counter()
         exp, critic_graphs = self.forward_passes(exp)  # values / log-probs
         exp = self.advantages(exp)
@@ -295,6 +301,7 @@ class Trainer:
                 weights = token_weights(mb.loss_mask, "token-mean")
                 self.critic_opt.zero_grad(set_to_none=True)
                 acc = _StatSum()
+                bad: list[NonFinite] = []
                 parts = graphs if graphs is not None else [(rows, None) for rows in micro_batches(mb, o.micro_batch_tokens)]
                 for rows, v in parts:
                     u = mb.select(rows)
@@ -304,13 +311,12 @@ class Trainer:
                                             u.response_ids.to(self.device), u.response_mask.to(self.device))
                     loss, st = value_loss(v, u.values.to(self.device), u.returns.to(self.device), mask,
                                           clip_eps=c.critic.value_clip, weights=weights[rows, : mask.shape[1]].to(self.device))
+                    bad += find_nonfinite(value_loss=loss, values=(v, mask), returns=(u.returns, u.loss_mask))
                     (c.critic.coef * loss).backward()
                     acc.add_sum(value_loss=loss)
                     acc.add_mean(float(mask.sum()), **st)
-                gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), o.grad_clip)
-                self.critic_opt.step()
-                self.critic_sched.step()
-                for k, val in {**acc.result(), "critic_grad_norm": float(gn)}.items():
+                step = self._finish_step(self.critic_opt, self.critic_sched, self.critic, bad, "critic")
+                for k, val in {**acc.result(), **step}.items():
                     stats.setdefault(k, []).append(val)
             graphs = None  # the kept graphs serve the first step only
         return _mean_over_steps(stats)
@@ -335,6 +341,7 @@ class Trainer:
                 n_pos = float((mb.loss_mask.bool() & mb.correct[:, None]).sum())
                 self.actor_opt.zero_grad(set_to_none=True)
                 acc = _StatSum()
+                bad: list[NonFinite] = []
                 for rows in micro_batches(mb, o.micro_batch_tokens):
                     u = mb.select(rows)
                     mask = u.loss_mask.to(self.device)
@@ -359,16 +366,42 @@ class Trainer:
                         acc.add_sum(kl=kl)
                     if pl.entropy_coef > 0:  # the bonus is aggregated like the policy loss (agg_mode)
                         total = total - pl.entropy_coef * aggregate_loss(ent, mask, weights=w)
+                    bad += find_nonfinite(actor_loss=total, advantages=(u.advantages, u.loss_mask))
                     total.backward()
                     acc.add_sum(entropy=masked_sum(ent, mask) / max(n_tok, 1.0))  # logged as a token mean
                     acc.add_mean(float(mask.sum()), **{k: v for k, v in st.items() if k != "ratio_max"})
                     acc.add_max(ratio_max=st["ratio_max"])
-                gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), o.grad_clip)
-                self.actor_opt.step()
-                self.actor_sched.step()
-                for k, v in {**acc.result(), "actor_grad_norm": float(gn)}.items():
+                step = self._finish_step(self.actor_opt, self.actor_sched, self.policy, bad, "actor")
+                for k, v in {**acc.result(), **step}.items():
                     stats.setdefault(k, []).append(v)
         return _mean_over_steps(stats)
+
+    def _finish_step(self, opt: torch.optim.Optimizer, sched: Any, model: Any, bad: list[NonFinite],
+                     who: str) -> dict[str, float]:
+        """End one optimizer step of ``who`` ("actor" or "critic") whose gradients are accumulated:
+        clip them, then step, or skip the step when ``bad`` (the NaN/Inf found in the step's
+        inputs and losses) is not empty or the gradient norm is not finite. A skipped step leaves
+        the weights, the Adam moments and the lr schedule as they were and writes an events.jsonl
+        line with the offending statistics; the ``train.max_bad_updates``-th consecutive skip of
+        one model raises :class:`vapo.train.faults.DivergenceError`.
+
+        Returns the step's statistics: ``<who>_grad_norm`` (the norm before clipping; NaN/Inf when
+        that is what stopped it) and ``<who>_skipped_frac`` (1.0 when skipped)."""
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+        if not torch.isfinite(gn):
+            bad = bad + grad_nonfinite(model.named_parameters(), who)
+        guard, where = self.bad_updates[who], f"{who} update"
+        skip = bool(bad)
+        if skip:  # no step: the weights, the Adam moments and the lr schedule stay as they were
+            opt.zero_grad(set_to_none=True)
+            append_jsonl(self.run_dir / "events.jsonl", {
+                "phase": "skipped_update", "where": where, "iteration": self.iteration + 1,
+                "consecutive": guard.consecutive + 1, "nonfinite": [b.describe() for b in bad], "time": time.time()})
+        else:
+            opt.step()
+            sched.step()
+        guard.record(bad, where=where, iteration=self.iteration + 1)  # raises DivergenceError at the max_bad-th skip in a row
+        return {f"{who}_grad_norm": float(gn), f"{who}_skipped_frac": float(skip)}
 
     # ---------------------------------------------------------------- stage 6: metrics
     def iteration_metrics(self, exp: Experience, gen_info: dict[str, float], actor: dict[str, float],
@@ -456,20 +489,27 @@ class Trainer:
         return s
 
     def save_checkpoint(self) -> Path:
-        final = self.run_dir / "checkpoints" / f"step_{self.iteration}"
-        with AtomicDir(final) as tmp:
-            self.policy.save_pretrained(tmp / "policy")
-            self.tokenizer.save_pretrained(tmp / "policy")
-            if self.uses_critic:
-                self.critic.save_pretrained(tmp / "critic")
-            if self.uses_ref:
-                self.ref_policy.save_pretrained(tmp / "ref_policy")
-            torch.save(self.state_dict(), tmp / "trainer_state.pt")
+        """Write checkpoints/step_<iteration> (models as safetensors, the rest as plain data read
+        back with weights_only=True, a manifest of sizes and sha256 written last; see
+        vapo.train.checkpoint), then keep only the last ``train.keep_checkpoints``.
+
+        Raises:
+            CheckpointError: the write failed (e.g. a full disk); the previous checkpoints are intact.
+        """
+        parts: dict[str, Any] = {"policy": (self.policy, self.tokenizer)}
+        if self.uses_critic:
+            parts["critic"] = self.critic
+        if self.uses_ref:
+            parts["ref_policy"] = self.ref_policy
+        final = ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.iteration}", parts, self.state_dict(),
+                                     step=self.iteration)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         return final
 
     def load_checkpoint(self, path: Path) -> None:
         from vapo.models import Critic, load_policy, load_policy_and_tokenizer
 
+        s = ckpt.load_state(path)  # checks every file against the manifest first; weights_only=True
         self.policy, self.tokenizer = load_policy_and_tokenizer(path / "policy")
         self.policy.to(self.device)
         if self.uses_critic:
@@ -477,7 +517,6 @@ class Trainer:
         if self.uses_ref:
             self.ref_policy = load_policy(path / "ref_policy").to(self.device).requires_grad_(False)
         self._make_optimizers()
-        s = torch.load(path / "trainer_state.pt", weights_only=False)
         self.iteration = s["iteration"]
         self.actor_opt.load_state_dict(s["actor_opt"])
         self.actor_sched.load_state_dict(s["actor_sched"])
