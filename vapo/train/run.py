@@ -27,6 +27,7 @@ from vapo.train.checkpoint import latest_good_checkpoint
 from vapo.train.evaluate import SPLITS, evaluate_split
 from vapo.train.faults import DivergenceError
 from vapo.train.rundir import RunLock, append_jsonl, new_run_dir, plan_run_dir, read_jsonl
+from vapo.train.sinks import JsonlSink, Sinks, make_sinks, validate_sinks
 from vapo.train.trainer import Trainer
 from vapo.train.ui import UI, StopFlag, graceful_interrupts, progress_ui
 
@@ -67,7 +68,7 @@ def check_callbacks(cfg: Config, callbacks: Sequence[Callback]) -> None:
         )
 
 
-def _evaluate(trainer: Trainer, ui: UI) -> dict[str, Any]:
+def _evaluate(trainer: Trainer, ui: UI, sinks: Sinks | None = None) -> dict[str, Any]:
     cfg = trainer.cfg
     task_id = ui.add_task(f"eval @ {trainer.iteration}", total=len(SPLITS))
     out = {}
@@ -80,13 +81,18 @@ def _evaluate(trainer: Trainer, ui: UI) -> dict[str, Any]:
         append_jsonl(trainer.run_dir / "eval.jsonl", r)
         out[split] = r
         ui.update(task_id, advance=1, info=f"{split} acc {r['accuracy']:.3f}")
+    if sinks is not None:
+        sinks.log_eval(out, trainer.iteration)
     trainer.policy.train()
     return out
 
 
-def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Callback] = ()) -> bool:
-    """RL iterations until done or interrupted; returns True when all iterations ran."""
+def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Callback] = (),
+               sinks: Sinks | None = None) -> bool:
+    """RL iterations until done or interrupted; returns True when all iterations ran. Each
+    iteration's metrics row goes to ``sinks`` (metrics.jsonl alone when None)."""
     cfg = trainer.cfg
+    sinks = sinks if sinks is not None else Sinks([JsonlSink(trainer.run_dir)])
     n = cfg.train.iterations
     task_id = ui.add_task("RL " + cfg.preset, total=n, completed=trainer.iteration)
     for cb in callbacks:
@@ -103,11 +109,11 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
             raise _diverged(trainer, e) from None
         for cb in callbacks:
             cb.on_iteration_end(trainer, exp, m)
-        append_jsonl(trainer.run_dir / "metrics.jsonl", m)
+        sinks.log_metrics(m, step=trainer.iteration)
         ui.update(task_id, advance=1, info="  ".join(f.format(m[k]) for k, f in _LIVE if k in m))
         it = trainer.iteration
         if cfg.train.eval_every and it % cfg.train.eval_every == 0 and it < n:
-            _evaluate(trainer, ui)
+            _evaluate(trainer, ui, sinks)
         if cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 and it < n:
             trainer.save_checkpoint()
     for cb in callbacks:
@@ -127,10 +133,10 @@ def _diverged(trainer: Trainer, e: DivergenceError) -> VapoError:
                      "(finite: no skipped update was applied)", where=e.where, fix=e.fix)
 
 
-def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
+def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None) -> dict[str, Any]:
     from vapo.train.plots import make_plots
 
-    final = _evaluate(trainer, ui)
+    final = _evaluate(trainer, ui, sinks)
     trainer.save_checkpoint()
     plots = make_plots(trainer.run_dir)
     evals = read_jsonl(trainer.run_dir / "eval.jsonl")
@@ -150,6 +156,8 @@ def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
     import json
 
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if sinks is not None:
+        sinks.log_summary(summary)
     return summary
 
 
@@ -174,7 +182,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['run_dir']}  (metrics.jsonl, eval.jsonl, checkpoints/, plots/)")
 
 
-def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float) -> dict[str, Any] | None:
+def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float, sinks: Sinks) -> dict[str, Any] | None:
     """Warm start, evaluation, value pretraining, RL, final evaluation: a new run, or a resumed one
     that was stopped before its first checkpoint (started over from its config)."""
     run_dir = trainer.run_dir
@@ -186,7 +194,7 @@ def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float)
             return None
         if trainer.uses_critic:
             trainer.critic.save_pretrained(run_dir / "checkpoints" / "critic_init")
-        _evaluate(trainer, ui)
+        _evaluate(trainer, ui, sinks)
         try:
             trainer.pretrain_value(ui, flag)
         except DivergenceError as e:  # no checkpoint exists yet: nothing to keep but the warm start's cache
@@ -198,9 +206,9 @@ def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float)
                           "(the warm start is cached)")
             return None
         trainer.save_checkpoint()
-        if not train_loop(trainer, ui, flag, callbacks):
+        if not train_loop(trainer, ui, flag, callbacks, sinks):
             return None
-        return _finish(trainer, ui, t_start)
+        return _finish(trainer, ui, t_start, sinks)
 
 
 def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
@@ -212,17 +220,19 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
     locked for the life of the run (a second process on it is refused)."""
     check_trainable(cfg)
     check_callbacks(cfg, callbacks)
-    default = f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}"
+    validate_sinks(cfg)
+    default = f"{cfg.preset}-{cfg.task.name.replace(':', '-')}-s{cfg.seed}"
     planned = plan_run_dir(cfg.train.runs_dir, name, default)
     trainer = Trainer(cfg, planned, progress=progress)  # builds the task: bad task options or data fail here
     validate_model(cfg, trainer.task)  # config.json and tokenizer, without the weights
     run_dir = new_run_dir(cfg.train.runs_dir, name, default)
     trainer.run_dir = run_dir
-    with RunLock(run_dir):
+    with RunLock(run_dir), make_sinks(cfg, run_dir) as sinks:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        sinks.log_config(cfg.to_dict())
         console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
                       f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
-        summary = _from_start(trainer, callbacks, time.time())
+        summary = _from_start(trainer, callbacks, time.time(), sinks)
     if summary is not None:
         print_summary(summary)
     return summary
@@ -265,6 +275,7 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
     cfg = load_config_file(cfg_path)
     check_trainable(cfg, str(cfg_path))
     check_callbacks(cfg, callbacks)
+    validate_sinks(cfg)
     with RunLock(run_dir):
         found = latest_good_checkpoint(run_dir, log=lambda line: console.print(f"[yellow]{line}"))
         trainer = Trainer(cfg, run_dir, progress=progress)
@@ -275,7 +286,9 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
             console.print(f"[bold]vapo train --resume[/]: {run_dir} was stopped before its first checkpoint: "
                           "starting it over from its config.yaml")
             append_jsonl(run_dir / "events.jsonl", {"phase": "restart", "iteration": 0, "time": time.time()})
-            summary = _from_start(trainer, callbacks, t_start)
+            with make_sinks(cfg, run_dir) as sinks:
+                sinks.log_config(cfg.to_dict())
+                summary = _from_start(trainer, callbacks, t_start, sinks)
         else:
             step, ckpt, skipped = found
             if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
@@ -286,10 +299,11 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
             append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time(),
                                                     "skipped_checkpoints": {p.name: why for p, why in skipped}})
             trainer.load_checkpoint(ckpt)
-            with graceful_interrupts() as flag, progress_ui(progress) as ui:
-                if not train_loop(trainer, ui, flag, callbacks):
+            with graceful_interrupts() as flag, progress_ui(progress) as ui, \
+                    make_sinks(cfg, run_dir, resume_step=step) as sinks:
+                if not train_loop(trainer, ui, flag, callbacks, sinks):
                     return None
-                summary = _finish(trainer, ui, t_start)
+                summary = _finish(trainer, ui, t_start, sinks)
     if summary is not None:
         print_summary(summary)
     return summary

@@ -145,7 +145,7 @@ class Trainer:
 
     def build(self, ui: UI, stop: Any = None) -> None:
         """Warm-start policy (SFT, cached), critic from it, optimizers."""
-        from vapo.models import Critic
+        from vapo.models import build_critic
         from vapo.train.sft import warm_start
 
         torch.manual_seed(self.cfg.seed)
@@ -154,7 +154,7 @@ class Trainer:
         if self.uses_ref:
             self.ref_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.uses_critic:
-            self.critic = Critic.from_policy(self.policy).to(self.device)
+            self.critic = build_critic(self.cfg, self.policy).to(self.device)
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
