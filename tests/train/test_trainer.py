@@ -23,7 +23,7 @@ def micro(tmp_path, preset="vapo", *extra):
         f"train.runs_dir={tmp_path / 'runs'}", "train.threads=2", "model.size=micro",
         "sft.steps=30", "sft.batch_size=32", "sft.cache=false",
         "rollout.prompts_per_iter=8", "rollout.group_size=4", "rollout.max_new_tokens=48",
-        "optim.minibatch_size=16", "algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1",
+        "optim.minibatches=2", "algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1",
         "eval.prompts=8", "eval.samples=2", "train.eval_every=0", *extra,
     ])
 
@@ -86,7 +86,7 @@ def test_resume_gives_the_same_next_iteration(tmp_path):
 def test_resume_is_exact_with_one_step_per_iteration(tmp_path):
     """Resume also reproduces the single-step path (fused critic forward, no old-log-prob pass);
     the test above covers several steps per iteration (minibatch 16 of 32 answers)."""
-    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=1", "optim.minibatch_size=64")
+    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=1", "optim.minibatches=1")
     start_run(cfg, name="full", progress=False)
     full = _strip(read_jsonl(tmp_path / "runs" / "full" / "metrics.jsonl"))
     cut = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iterations": 1})})
@@ -104,7 +104,7 @@ def test_fused_critic_step_equals_a_fresh_forward(tmp_path):
     from vapo.train.trainer import Trainer
     from vapo.train.ui import quiet_ui
 
-    cfg = micro(tmp_path, "vapo", "optim.minibatch_size=64", "sft.cache=true")
+    cfg = micro(tmp_path, "vapo", "optim.minibatches=1", "sft.cache=true")
     fused, plain = Trainer(cfg, tmp_path / "a"), Trainer(cfg, tmp_path / "b")
     for t in (fused, plain):
         t.run_dir.mkdir()
@@ -155,7 +155,7 @@ def test_reward_improves_on_an_easy_task(tmp_path):
     from vapo.train.evaluate import evaluate_split
 
     cfg = micro(tmp_path, "vapo", "task.name=test_seven", "train.iterations=30",
-                "train.checkpoint_every=0", "rollout.prompts_per_iter=32", "rollout.group_size=8", "optim.minibatch_size=256",
+                "train.checkpoint_every=0", "rollout.prompts_per_iter=32", "rollout.group_size=8", "optim.minibatches=1",
                 "sft.steps=150", "sft.teacher_slip=0.5",
                 "rollout.max_new_tokens=8", "optim.actor_lr=3e-4")
     box = {}
@@ -220,7 +220,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "VAPO_CACHE_DIR": str(tmp_path / "cache")}
     args = [f"train.runs_dir={runs}", "train.threads=1", "model.size=micro", "sft.steps=20", "sft.cache=false",
-            "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatch_size=16",
+            "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatches=1",
             "algo.critic.pretrain_steps=1", "algo.critic.pretrain_min_steps=1", "eval.prompts=4", "eval.samples=1",
             "train.eval_every=0", "train.checkpoint_every=0", "train.iterations=10000"]
     cmd = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--name", "int"]
@@ -253,7 +253,7 @@ def _one_batch_trainer(tmp_path, preset, *extra):
     from vapo.train.trainer import Trainer
     from vapo.train.ui import quiet_ui
 
-    cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatch_size=64", "rollout.max_new_tokens=40", *extra)
+    cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatches=1", "rollout.max_new_tokens=40", *extra)
     run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     run.mkdir()
     t = Trainer(cfg, run)
@@ -304,14 +304,14 @@ def test_micro_batched_step_equals_one_pass(tmp_path, preset, agg):
 def test_micro_batched_critic_step_equals_one_pass(tmp_path):
     import copy
 
-    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatch_size=16")  # several minibatches: no fused path
+    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatches=2")  # several minibatches: no fused path
     exp = t.collect()[0]
     exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
     exp, _ = t.annotate(exp)
     out = []
     for budget in (10**9, 64):
         tt = copy.deepcopy(t)
-        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget, "minibatch_size": 64})})
+        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget, "minibatches": 1})})
         out.append(_grads_of_one_step(tt, copy.deepcopy(exp), "critic"))
     for a, b in zip(out[0][0], out[1][0], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
