@@ -364,8 +364,9 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     o, r = cfg.optim, cfg.rollout
     rows = r.prompts_per_iter * r.group_size
     if rows % o.minibatches:
-        fit = [d for d in range(1, min(rows, 4 * o.minibatches) + 1) if rows % d == 0]
-        near = min(fit, key=lambda d: (abs(d - o.minibatches), d))
+        below = max(d for d in range(1, min(o.minibatches, rows) + 1) if rows % d == 0)
+        above = [d for d in range(o.minibatches, rows + 1) if rows % d == 0][:1]
+        near = " or ".join(str(d) for d in [below, *above])
         raise ConfigError(
             f"optim.minibatches={o.minibatches} does not divide the rollout of rollout.prompts_per_iter × "
             f"rollout.group_size = {r.prompts_per_iter} × {r.group_size} = {rows} answers into equal mini-batches",
