@@ -145,7 +145,7 @@ class OptimConfig(_Section):
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW β2 of actor and critic")
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
     ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's rollout; optimizer steps per iteration = ppo_epochs × minibatches")
-    minibatches: int = Field(1, ge=1, description="mini-batches per rollout and epoch (each one optimizer step); must divide prompts_per_iter × group_size. 1 × 1 epoch = one step per rollout (old policy = current: ratios are 1, nothing clips); measured on the default task in docs/training.md")
+    minibatches: int = Field(4, ge=1, description="mini-batches per rollout and epoch (each one optimizer step); must divide prompts_per_iter × group_size. 4: the most held-out gain per wall-clock second of 1, 2, 4 on the default task (docs/training.md, 'The PPO schedule'); 1 × 1 epoch = one step per rollout (old policy = current: ratios are 1, nothing clips)")
     old_logprobs: Literal["sampler", "recompute"] = Field("sampler", description="where the PPO ratio's old log-probs come from when there are several optimizer steps: the sampler's own (requires rollout.temperature=1, top_p=1) or a teacher-forced forward pass of the policy before the update")
     micro_batch_tokens: int = Field(8192, ge=1, description="max padded tokens (rows × (prompt + answer)) per forward pass: a minibatch's gradient is accumulated over length-sorted micro-batches of this size, which bounds memory and skips the padding of short answers (raise it on a GPU)")
 
