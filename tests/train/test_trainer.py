@@ -68,11 +68,13 @@ def test_diagnose_every_logs_diagnostics_into_metrics(tmp_path):
 
 
 def test_resume_gives_the_same_next_iteration(tmp_path):
-    """Several PPO steps per rollout (2 minibatches × 2 epochs): ratios move off 1, and resume is exact."""
+    """Several PPO steps per rollout (2 minibatches × 2 epochs) resume exactly. (This 30-step warm
+    start scores 0, so nothing moves the policy here; test_several_steps_per_rollout_start_at_the_
+    sampling_policy shows the ratios leaving 1.)"""
     cfg = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2", "optim.ppo_epochs=2")
     start_run(cfg, name="full", progress=False)
     full = _strip(read_jsonl(tmp_path / "runs" / "full" / "metrics.jsonl"))
-    assert all(r["actor_steps"] == 4 and r["approx_kl"] > 0 and r["ratio_min"] < 1 < r["ratio_max"] for r in full)
+    assert all(r["actor_steps"] == 4 for r in full)
     # The same run, "killed" after its step-2 checkpoint: drop step 3 and the last metrics line.
     cut = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2", "optim.ppo_epochs=2")
     start_run(cut.model_copy(update={"train": cut.train.model_copy(update={"iterations": 2})}), name="cut", progress=False)
