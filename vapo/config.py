@@ -155,8 +155,9 @@ class OptimConfig(_Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW β1 (momentum) of actor and critic")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW β2 of actor and critic")
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
-    ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's batch")
-    minibatch_size: int = Field(256, ge=1, description="responses per optimizer step")
+    ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's rollout; optimizer steps per iteration = ppo_epochs × minibatches")
+    minibatches: int = Field(4, ge=1, description="mini-batches per rollout and epoch (each one optimizer step); must divide prompts_per_iter × group_size. 4: the most held-out gain per wall-clock second of 1, 2, 4 on the default task (docs/training.md, 'The PPO schedule'); 1 × 1 epoch = one step per rollout (old policy = current: ratios are 1, nothing clips)")
+    old_logprobs: Literal["sampler", "recompute"] = Field("sampler", description="where the PPO ratio's old log-probs come from when there are several optimizer steps: the sampler's own (requires rollout.temperature=1, top_p=1) or a teacher-forced forward pass of the policy before the update")
     micro_batch_tokens: int = Field(8192, ge=1, description="max padded tokens (rows × (prompt + answer)) per forward pass: a minibatch's gradient is accumulated over length-sorted micro-batches of this size, which bounds memory and skips the padding of short answers (raise it on a GPU)")
 
 
@@ -374,12 +375,33 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     rollout.top_p < 1: the PPO ratio, the KL and the NLL term need the log-probability of each
     sampled token under the distribution it was drawn from; the trainer's forward pass computes the
     tempered, untruncated distribution, so top-p samples would be scored against the wrong one.
+
+    optim.minibatches must divide the rollout (prompts_per_iter × group_size): every optimizer step
+    then sees the same number of answers. optim.old_logprobs=sampler needs temperature 1: the
+    ratio's old log-probs and the trained log-probs must be of the same distribution.
     """
     if cfg.rollout.top_p < 1.0:
         raise ConfigError(
             f"rollout.top_p={cfg.rollout.top_p} is not supported for training: the training log-probs "
             "(PPO ratio, KL, NLL) are of the untruncated sampling distribution",
             where=source, fix="set rollout.top_p=1.0 (eval.top_p may still differ)",
+        )
+    o, r = cfg.optim, cfg.rollout
+    rows = r.prompts_per_iter * r.group_size
+    if rows % o.minibatches:
+        below = max(d for d in range(1, min(o.minibatches, rows) + 1) if rows % d == 0)
+        above = [d for d in range(o.minibatches, rows + 1) if rows % d == 0][:1]
+        near = " or ".join(str(d) for d in [below, *above])
+        raise ConfigError(
+            f"optim.minibatches={o.minibatches} does not divide the rollout of rollout.prompts_per_iter × "
+            f"rollout.group_size = {r.prompts_per_iter} × {r.group_size} = {rows} answers into equal mini-batches",
+            where=source, fix=f"set optim.minibatches to a divisor of {rows} (e.g. {near}), or change rollout.prompts_per_iter",
+        )
+    if o.old_logprobs == "sampler" and r.temperature != 1.0:
+        raise ConfigError(
+            f"optim.old_logprobs=sampler needs rollout.temperature=1 (got {r.temperature}): the sampler's log-probs "
+            "are reused as the PPO ratio's old log-probs only where they are the policy's own distribution",
+            where=source, fix="set optim.old_logprobs=recompute (a forward pass at the sampling temperature), or rollout.temperature=1",
         )
 
 

@@ -108,7 +108,7 @@ def test_old_logprobs_are_of_the_distribution_sampled_from(tmp_path, lm, tempera
     policy, tok, _ = lm
     cfg = resolve_config("vapo", overrides=[f"rollout.temperature={temperature}", "rollout.prompts_per_iter=4",
                                             "rollout.group_size=2", f"rollout.max_new_tokens={L_MAX}",
-                                            "optim.minibatch_size=2", "train.threads=1", "algo.critic.enabled=false",
+                                            "optim.minibatches=4", "optim.old_logprobs=recompute", "train.threads=1", "algo.critic.enabled=false",
                                             "algo.advantage.estimator=grpo"])
     t = Trainer(cfg, tmp_path)
     t.policy, t.tokenizer = policy, tok

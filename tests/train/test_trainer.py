@@ -23,7 +23,7 @@ def micro(tmp_path, preset="vapo", *extra):
         f"train.runs_dir={tmp_path / 'runs'}", "train.threads=2", "model.size=micro",
         "sft.steps=30", "sft.batch_size=32", "sft.cache=false",
         "rollout.prompts_per_iter=8", "rollout.group_size=4", "rollout.max_new_tokens=48",
-        "optim.minibatch_size=16", "algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1",
+        "optim.minibatches=2", "algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1",
         "eval.prompts=8", "eval.samples=2", "train.eval_every=0", *extra,
     ])
 
@@ -45,7 +45,7 @@ def test_every_preset_runs_through_the_same_loop(tmp_path, preset):
     m = read_jsonl(run / "metrics.jsonl")
     assert len(m) == 1 and m[0]["iteration"] == 1
     for key in ("reward", "accuracy", "response_length", "entropy", "clipfrac_low", "clipfrac_high", "approx_kl",
-                "actor_grad_norm", "tokens_per_s", "time_rollout"):
+                "ratio_mean", "ratio_min", "ratio_max", "actor_steps", "actor_grad_norm", "tokens_per_s", "time_rollout"):
         assert key in m[0], key
     if cfg.algo.critic.enabled:
         assert "explained_variance" in m[0] and "value_loss" in m[0]
@@ -68,11 +68,15 @@ def test_diagnose_every_logs_diagnostics_into_metrics(tmp_path):
 
 
 def test_resume_gives_the_same_next_iteration(tmp_path):
-    cfg = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2")
+    """Several PPO steps per rollout (2 minibatches × 2 epochs) resume exactly. (This 30-step warm
+    start scores 0, so nothing moves the policy here; test_several_steps_per_rollout_start_at_the_
+    sampling_policy shows the ratios leaving 1.)"""
+    cfg = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2", "optim.ppo_epochs=2")
     start_run(cfg, name="full", progress=False)
     full = _strip(read_jsonl(tmp_path / "runs" / "full" / "metrics.jsonl"))
+    assert all(r["actor_steps"] == 4 for r in full)
     # The same run, "killed" after its step-2 checkpoint: drop step 3 and the last metrics line.
-    cut = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2")
+    cut = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=2", "optim.ppo_epochs=2")
     start_run(cut.model_copy(update={"train": cut.train.model_copy(update={"iterations": 2})}), name="cut", progress=False)
     run = tmp_path / "runs" / "cut"
     (run / "config.yaml").write_text(cfg.to_yaml())
@@ -85,10 +89,14 @@ def test_resume_gives_the_same_next_iteration(tmp_path):
 
 def test_resume_is_exact_with_one_step_per_iteration(tmp_path):
     """Resume also reproduces the single-step path (fused critic forward, no old-log-prob pass);
-    the test above covers several steps per iteration (minibatch 16 of 32 answers)."""
-    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=1", "optim.minibatch_size=64")
+    the test above covers several steps per iteration (2 minibatches × 2 epochs). The old policy
+    is the current one: every ratio is exactly 1 and nothing clips."""
+    cfg = micro(tmp_path, "vapo", "train.iterations=2", "train.checkpoint_every=1", "optim.minibatches=1")
     start_run(cfg, name="full", progress=False)
     full = _strip(read_jsonl(tmp_path / "runs" / "full" / "metrics.jsonl"))
+    for r in full:
+        assert r["actor_steps"] == 1 and r["ratio_min"] == r["ratio_max"] == 1.0
+        assert r["clipfrac_low"] == r["clipfrac_high"] == r["approx_kl"] == 0.0
     cut = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iterations": 1})})
     start_run(cut, name="cut", progress=False)
     run = tmp_path / "runs" / "cut"
@@ -104,7 +112,7 @@ def test_fused_critic_step_equals_a_fresh_forward(tmp_path):
     from vapo.train.trainer import Trainer
     from vapo.train.ui import quiet_ui
 
-    cfg = micro(tmp_path, "vapo", "optim.minibatch_size=64", "sft.cache=true")
+    cfg = micro(tmp_path, "vapo", "optim.minibatches=1", "sft.cache=true")
     fused, plain = Trainer(cfg, tmp_path / "a"), Trainer(cfg, tmp_path / "b")
     for t in (fused, plain):
         t.run_dir.mkdir()
@@ -155,7 +163,7 @@ def test_reward_improves_on_an_easy_task(tmp_path):
     from vapo.train.evaluate import evaluate_split
 
     cfg = micro(tmp_path, "vapo", "task.name=test_seven", "train.iterations=30",
-                "train.checkpoint_every=0", "rollout.prompts_per_iter=32", "rollout.group_size=8", "optim.minibatch_size=256",
+                "train.checkpoint_every=0", "rollout.prompts_per_iter=32", "rollout.group_size=8", "optim.minibatches=1",
                 "sft.steps=150", "sft.teacher_slip=0.5",
                 "rollout.max_new_tokens=8", "optim.actor_lr=3e-4")
     box = {}
@@ -220,7 +228,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "VAPO_CACHE_DIR": str(tmp_path / "cache")}
     args = [f"train.runs_dir={runs}", "train.threads=1", "model.size=micro", "sft.steps=20", "sft.cache=false",
-            "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatch_size=16",
+            "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatches=1",
             "algo.critic.pretrain_steps=1", "algo.critic.pretrain_min_steps=1", "eval.prompts=4", "eval.samples=1",
             "train.eval_every=0", "train.checkpoint_every=0", "train.iterations=10000"]
     cmd = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--name", "int"]
@@ -253,7 +261,7 @@ def _one_batch_trainer(tmp_path, preset, *extra):
     from vapo.train.trainer import Trainer
     from vapo.train.ui import quiet_ui
 
-    cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatch_size=64", "rollout.max_new_tokens=40", *extra)
+    cfg = micro(tmp_path, preset, "sft.cache=true", "optim.minibatches=1", "rollout.max_new_tokens=40", *extra)
     run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     run.mkdir()
     t = Trainer(cfg, run)
@@ -304,14 +312,14 @@ def test_micro_batched_step_equals_one_pass(tmp_path, preset, agg):
 def test_micro_batched_critic_step_equals_one_pass(tmp_path):
     import copy
 
-    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatch_size=16")  # several minibatches: no fused path
+    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatches=2")  # several minibatches: no fused path
     exp = t.collect()[0]
     exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
     exp, _ = t.annotate(exp)
     out = []
     for budget in (10**9, 64):
         tt = copy.deepcopy(t)
-        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget, "minibatch_size": 64})})
+        tt.cfg = t.cfg.model_copy(update={"optim": t.cfg.optim.model_copy(update={"micro_batch_tokens": budget, "minibatches": 1})})
         out.append(_grads_of_one_step(tt, copy.deepcopy(exp), "critic"))
     for a, b in zip(out[0][0], out[1][0], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -336,3 +344,39 @@ def test_micro_batches_partition_rows_within_budget(plens, data, budget):
         u = exp.select(g)
         assert len(g) == 1 or len(g) * (u.prompt_ids.shape[1] + u.response_ids.shape[1]) <= budget
         assert u.prompt_ids.shape[1] == max(plens[i] for i in g.tolist())
+
+
+def test_several_steps_per_rollout_start_at_the_sampling_policy(tmp_path, monkeypatch):
+    """minibatches × ppo_epochs optimizer steps; the first step's ratios are 1 (the sampler's
+    log-probs are the current policy's, to float32 rounding), later steps' ratios are not, and
+    the iteration's statistics are the mean over steps and the extremes of the ratio."""
+    import vapo.train.trainer as trainer_mod
+
+    t = _one_batch_trainer(tmp_path, "vapo", "optim.minibatches=4", "optim.ppo_epochs=2")
+    assert not t.single_step
+    exp = t.collect()[0]
+    exp.scores = (torch.arange(len(exp.scores)) % 3 == 0).float()
+    exp.correct = exp.scores.bool()
+    exp, _ = t.annotate(exp)
+    assert exp.old_logprobs is not None
+    calls = []  # (optimizer steps taken so far, |ratio - 1| max, stats) per micro-batch
+    real_loss = trainer_mod.get_policy_loss(t.cfg.algo.policy_loss.name)
+
+    def spy(name):
+        def fn(logp, old, *a, **k):
+            loss, st_ = real_loss(logp, old, *a, **k)
+            m = a[1].bool()
+            calls.append((t.actor_sched.last_epoch, float(((logp.detach() - old).exp() - 1)[m].abs().max()), st_))
+            return loss, st_
+        return fn
+
+    monkeypatch.setattr(trainer_mod, "get_policy_loss", spy)
+    start = t.actor_sched.last_epoch
+    stats = t.update_actor(exp)
+    assert stats["actor_steps"] == 8 and t.actor_sched.last_epoch - start == 8
+    first = [dev for step, dev, _ in calls if step == start]
+    later = [dev for step, dev, _ in calls if step > start]
+    assert first and max(first) < 1e-4
+    assert later and max(later) > 1e-3
+    assert stats["ratio_max"] == pytest.approx(max(float(s["ratio_max"]) for *_, s in calls))
+    assert stats["ratio_min"] < 1 < stats["ratio_max"] and stats["approx_kl"] > 0

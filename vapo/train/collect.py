@@ -120,7 +120,8 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
             rows with max_new_tokens = the chunk's largest remaining budget.
     Returns:
         :class:`Experience` on CPU with prompt/response tensors, lengths, truncated, scores
-        (float32), correct, sizes, group_index and problems filled.
+        (float32), correct, sizes, group_index and problems filled, and ``old_logprobs``: the
+        sampler's log π(y_t | ·) [B, T] under the distribution sampled from (None with prefixes).
     """
     from vapo.models import decode_responses, encode_prompts
     from vapo.rollout import sample
@@ -150,7 +151,7 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
         ro = sample(policy, ids.to(device), mask.to(device), max_new_tokens=max_new, temperature=settings.temperature,
                     top_p=settings.top_p, eos_token_id=eos, pad_token_id=pad, generator=generator).to("cpu")
         part = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "response_ids": ro.response_ids,
-                "lengths": ro.lengths, "truncated": ro.truncated}
+                "lengths": ro.lengths, "truncated": ro.truncated, "logprobs": ro.logprobs}
         if pre is not None:
             # Each continuation may use only its own remaining budget L_max − t: cut it there; the
             # response is the prefix followed by the continuation.
@@ -172,6 +173,8 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
     T = max(p["response_ids"].shape[1] for p in parts)
     response_ids = torch.cat([pad_right(p["response_ids"], T, pad) for p in parts])
     lengths = torch.cat([p["lengths"] for p in parts])
+    # The sampler's own log-probs are the old policy's only where every token was sampled here.
+    old_logprobs = None if prefixes is not None else torch.cat([pad_right(p["logprobs"], T, 0) for p in parts])
     texts = decode_responses(tokenizer, response_ids, lengths)
     scores, correct = score_batch(task, flat, texts, lengths, settings)
     return Experience(
@@ -179,7 +182,7 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
         response_mask=(torch.arange(T)[None] < lengths[:, None]).float(), lengths=lengths,
         truncated=torch.cat([p["truncated"] for p in parts]), scores=scores, correct=correct,
         sizes=torch.tensor([p.size for p in flat]), group_index=torch.arange(len(problems)).repeat_interleave(group_size),
-        problems=flat,
+        problems=flat, old_logprobs=old_logprobs,
     )
 
 

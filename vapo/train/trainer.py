@@ -7,7 +7,7 @@ One iteration, :meth:`Trainer.iterate`, reads top to bottom as the stages of the
     forward_passes     old and reference log-probs, critic values  (→ the critic's graphs)
     advantages         loss mask, token rewards (+ in-reward KL), advantages and returns
     update_critic      value-loss steps (through the graphs kept by forward_passes when fused)
-    update_actor       policy-loss steps (epochs × minibatches × micro-batches)
+    update_actor       policy-loss steps (ppo_epochs × minibatches optimizer steps, each over micro-batches)
     iteration_metrics  one flat metrics row
 
 Before RL: supervised warm start on task demonstrations (cached), then value pretraining of the
@@ -62,12 +62,13 @@ class Timings:
 
 class _StatSum:
     """Combines per-micro-batch statistics into the minibatch's: sums (loss terms that already
-    carry the minibatch's normalisers), token-weighted means, and maxima."""
+    carry the minibatch's normalisers), token-weighted means, maxima and minima."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.means: dict[str, tuple[float, float]] = {}
         self.maxs: dict[str, float] = {}
+        self.mins: dict[str, float] = {}
 
     def add_sum(self, **kv: Any) -> None:
         for k, v in kv.items():
@@ -82,15 +83,23 @@ class _StatSum:
         for k, v in kv.items():
             self.maxs[k] = max(self.maxs.get(k, -math.inf), float(v))
 
+    def add_min(self, **kv: Any) -> None:
+        for k, v in kv.items():
+            self.mins[k] = min(self.mins.get(k, math.inf), float(v))
+
     def result(self) -> dict[str, float]:
         out = dict(self.sums)
         out.update({k: s / w if w > 0 else 0.0 for k, (s, w) in self.means.items()})
         out.update(self.maxs)
+        out.update(self.mins)
         return out
 
 
-def _mean_over_steps(stats: dict[str, list[float]]) -> dict[str, float]:
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+def _over_steps(stats: dict[str, list[float]]) -> dict[str, float]:
+    """One value per statistic over an iteration's optimizer steps: the extreme of ``*_max`` /
+    ``*_min`` statistics, the mean of all others."""
+    return {k: max(v) if k.endswith("_max") else min(v) if k.endswith("_min") else sum(v) / len(v)
+            for k, v in stats.items()}
 
 
 def _warmup_constant(warmup: int):
@@ -140,8 +149,7 @@ class Trainer:
     @property
     def single_step(self) -> bool:
         """True when each iteration makes exactly one actor step (one epoch, one minibatch)."""
-        o, r = self.cfg.optim, self.cfg.rollout
-        return o.ppo_epochs == 1 and o.minibatch_size >= r.prompts_per_iter * r.group_size
+        return self.cfg.optim.ppo_epochs == 1 and self.cfg.optim.minibatches == 1
 
     def build(self, ui: UI, stop: Any = None) -> None:
         """Warm-start policy (SFT, cached), critic from it, optimizers."""
@@ -236,6 +244,15 @@ class Trainer:
     def forward_passes(self, exp: Experience) -> tuple[Experience, Graphs | None]:
         """Old log-probs, reference log-probs and critic values [B, T] of ``exp``.
 
+        Old log-probs (the policy that sampled), with ``optim.old_logprobs``:
+          "sampler"    the sampler's own, recorded by the rollout (config validation allows it only
+                       at temperature 1 and top-p 1, where they are the policy's distribution);
+          "recompute"  a teacher-forced forward pass of the policy before any update, at the
+                       sampling temperature.
+        With one optimizer step per iteration the old policy *is* the current one: the actor update
+        takes old = its own log-probs, detached (ratio exactly 1), and ``exp.old_logprobs`` is None,
+        unless the in-reward KL needs them.
+
         Returns the experience and, in the fused single-step case, the critic's forward outputs
         with their graphs ((rows, [b, t] values) per micro-batch) for :meth:`update_critic`.
         """
@@ -243,9 +260,9 @@ class Trainer:
 
         kl = self.cfg.algo.kl
         self.policy.eval()
-        # With one optimizer step per iteration the old policy *is* the current one: the actor
-        # update takes old log-probs from its own forward pass (detached) and this pass is skipped.
-        if not self.single_step or (self.uses_ref and kl.in_reward):
+        if self.single_step and not (self.uses_ref and kl.in_reward):
+            exp.old_logprobs = None
+        elif self.cfg.optim.old_logprobs == "recompute" or exp.old_logprobs is None:
             exp.old_logprobs, _ = self._forward(self._logprobs, self.policy, exp)
         if self.uses_ref:
             exp.ref_logprobs, _ = self._forward(self._logprobs, self.ref_policy, exp)
@@ -281,13 +298,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- stages 4-5: updates
     def _minibatches(self, n: int) -> list[torch.Tensor]:
+        """A shuffled split of range(n) into ``optim.minibatches`` parts, one optimizer step each.
+
+        Config validation makes the parts equal for a full rollout. Dynamic sampling can return
+        fewer groups when ``max_rounds`` is hit; then the number of steps stays the configured one
+        and the parts differ by at most one answer (fewer than ``minibatches`` answers: one step
+        per answer)."""
         perm = torch.randperm(n, generator=self.shuffle_gen)
-        mb = self.cfg.optim.minibatch_size
-        return [perm[i : i + mb] for i in range(0, n, mb)]
+        return [p for p in torch.tensor_split(perm, self.cfg.optim.minibatches) if len(p)]
 
     def update_critic(self, exp: Experience, graphs: Graphs | None = None) -> dict[str, float]:
         """Value-loss steps on ``exp.returns`` over ``exp.loss_mask``, micro-batched like the
-        actor's (ppo_epochs × minibatches). With ``graphs`` (the fused single-step case, see
+        actor's (ppo_epochs × minibatches steps). With ``graphs`` (the fused single-step case, see
         :meth:`forward_passes`) the one step backpropagates through those outputs instead of
         running the critic forward again."""
         from vapo.models import response_values
@@ -319,12 +341,17 @@ class Trainer:
                 for k, val in {**acc.result(), **step}.items():
                     stats.setdefault(k, []).append(val)
             graphs = None  # the kept graphs serve the first step only
-        return _mean_over_steps(stats)
+        return _over_steps(stats)
 
     def update_actor(self, exp: Experience) -> dict[str, float]:
-        """PPO epochs over minibatches; each minibatch is one optimizer step whose gradient is
-        accumulated over its length-sorted micro-batches with the minibatch's own token weights
-        (so the step is the same as one pass over the whole minibatch, under any aggregation)."""
+        """``optim.ppo_epochs`` passes over ``optim.minibatches`` shuffled minibatches; each
+        minibatch is one optimizer step whose gradient is accumulated over its length-sorted
+        micro-batches with the minibatch's own token weights (so the step is the same as one pass
+        over the whole minibatch, under any aggregation). The ratio's denominator is
+        ``exp.old_logprobs`` (the policy that sampled), or, with one step per iteration, the
+        step's own log-probs detached (the same policy; ratio 1).
+
+        Statistics: the mean over steps, and for ratio_max / ratio_min the extreme over steps."""
         from vapo.models import response_logprobs
 
         c, o = self.cfg.algo, self.cfg.optim
@@ -351,7 +378,7 @@ class Trainer:
                         u.response_ids.to(self.device), u.response_mask.to(self.device),
                         temperature=self.settings.temperature, with_entropy=True,
                     )
-                    old = logp.detach() if u.old_logprobs is None else u.old_logprobs.to(self.device)
+                    old = logp.detach() if self.single_step else u.old_logprobs.to(self.device)
                     loss, st = loss_fn(logp, old, u.advantages.to(self.device), mask, eps_low=pl.eps_low, eps_high=pl.eps_high,
                                        dual_clip_c=pl.dual_clip_c, weights=w)
                     total = loss
@@ -371,10 +398,14 @@ class Trainer:
                     acc.add_sum(entropy=masked_sum(ent, mask) / max(n_tok, 1.0))  # logged as a token mean
                     acc.add_mean(float(mask.sum()), **{k: v for k, v in st.items() if k != "ratio_max"})
                     acc.add_max(ratio_max=st["ratio_max"])
+                    if mask.any():
+                        acc.add_min(ratio_min=(logp.detach() - old)[mask.bool()].exp().min())
                 step = self._finish_step(self.actor_opt, self.actor_sched, self.policy, bad, "actor")
                 for k, v in {**acc.result(), **step}.items():
                     stats.setdefault(k, []).append(v)
-        return _mean_over_steps(stats)
+        out = _over_steps(stats)
+        out["actor_steps"] = len(stats["actor_grad_norm"])
+        return out
 
     def _finish_step(self, opt: torch.optim.Optimizer, sched: Any, model: Any, bad: list[NonFinite],
                      who: str) -> dict[str, float]:
