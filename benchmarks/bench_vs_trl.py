@@ -91,12 +91,11 @@ def prepare_model(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
 # vapo side
 # --------------------------------------------------------------------------------------------
 def vapo_overrides(args: argparse.Namespace, model_dir: Path) -> list[str]:
-    batch = args.prompts * args.group_size
     return [
         f"task.name={args.task}", f"seed={args.seed}", f"model.path={model_dir}", "sft.steps=0", "sft.cache=false",
         f"rollout.prompts_per_iter={args.prompts}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
-        f"optim.minibatch_size={batch}", "optim.ppo_epochs=1", "algo.kl.coef=0.0",
+        "optim.minibatches=1", "optim.ppo_epochs=1", "algo.kl.coef=0.0",
         "algo.critic.pretrain_steps=0", "train.device=cpu",
     ]
 

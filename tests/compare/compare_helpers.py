@@ -18,7 +18,7 @@ base:
   eval.samples: 1
   algo.critic.pretrain_steps: 2
   algo.critic.pretrain_min_steps: 1
-  optim.minibatch_size: 8
+  optim.minibatches: 1
 """
 
 

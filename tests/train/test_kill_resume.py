@@ -22,7 +22,7 @@ ITERS = 5
 # As small as a run gets while keeping every piece a resume must restore: actor and critic with
 # their AdamW and schedules, the three random streams, metrics and eval lines.
 ARGS = ["train.threads=1", "model.size=micro", "sft.steps=8", "sft.cache=true", "rollout.prompts_per_iter=2",
-        "rollout.group_size=4", "rollout.max_new_tokens=16", "optim.minibatch_size=8", "algo.critic.pretrain_steps=1",
+        "rollout.group_size=4", "rollout.max_new_tokens=16", "optim.minibatches=1", "algo.critic.pretrain_steps=1",
         "algo.critic.pretrain_min_steps=1", "eval.prompts=2", "eval.samples=1", "train.eval_every=2",
         "train.checkpoint_every=1", "train.keep_checkpoints=2", f"train.iterations={ITERS}"]
 CLI = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--quiet"]

@@ -37,7 +37,7 @@ def _nan_grpo(inp, params):
 def _cfg(tmp_path, *extra):
     return resolve_config("grpo", overrides=[
         f"train.runs_dir={tmp_path / 'runs'}", "train.threads=1", "model.size=micro", "sft.steps=8", "sft.cache=true",
-        "rollout.prompts_per_iter=2", "rollout.group_size=4", "rollout.max_new_tokens=16", "optim.minibatch_size=8",
+        "rollout.prompts_per_iter=2", "rollout.group_size=4", "rollout.max_new_tokens=16", "optim.minibatches=1",
         "eval.prompts=2", "eval.samples=1", "train.eval_every=0", "algo.advantage.estimator=test_nan_grpo",
         "algo.advantage.whiten=false", *extra,
     ])
@@ -88,7 +88,7 @@ def test_consecutive_skips_stop_the_run_with_a_checkpoint_and_exit_2(tmp_path, m
     monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path / "cache"))
     runs = tmp_path / "runs"
     sets = ["train.threads=1", "model.size=micro", "sft.steps=8", "rollout.prompts_per_iter=2", "rollout.group_size=4",
-            "rollout.max_new_tokens=16", "optim.minibatch_size=8", "eval.prompts=2", "eval.samples=1",
+            "rollout.max_new_tokens=16", "optim.minibatches=1", "eval.prompts=2", "eval.samples=1",
             "train.eval_every=0", "train.checkpoint_every=0", "train.iterations=6", "train.max_bad_updates=2",
             "algo.advantage.estimator=test_nan_grpo", "algo.advantage.whiten=false", "algo.advantage.extra={nan_from: 2}",
             f"train.runs_dir={runs}"]
