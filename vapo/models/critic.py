@@ -50,16 +50,17 @@ class Critic(nn.Module):
         self.value_head.to(next(backbone.parameters()).dtype)
 
     @classmethod
-    def from_policy(cls, policy: Any) -> Critic:
+    def from_policy(cls, policy: Any, *, zero_init: bool = True) -> Critic:
         """A critic whose backbone is a deep copy of ``policy.base_model`` (weights copied, the policy
-        is left untouched) and whose value head is zero (V ≡ 0)."""
+        is left untouched) and whose value head is zero (V ≡ 0; ``zero_init=False``: PyTorch's
+        default random init of ``nn.Linear``)."""
         base = getattr(policy, "base_model", None)
         if base is None or base is policy or not hasattr(base, "config"):
             raise VapoError(f"cannot find the backbone of {type(policy).__name__}", where="Critic.from_policy",
                             fix="pass a Hugging Face causal LM (e.g. from vapo.models.build_policy)")
         backbone = copy.deepcopy(base)
         backbone.requires_grad_(True)
-        critic = cls(backbone)
+        critic = cls(backbone, zero_init=zero_init)
         return critic.to(next(policy.parameters()).device).train(policy.training)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
