@@ -199,15 +199,23 @@ def draw_probe(policy: Any, tokenizer: Any, task: Any, settings: RewardSettings,
 
 
 @torch.no_grad()
-def critic_at(critic: Any, probe: ProbeSet, *, device: torch.device | str, max_tokens: int = 8192) -> np.ndarray:
-    """The critic's V(s_k) [K] float64 at each probed state (values[:, t] is the state before token t)."""
+def values_at(critic: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, *, max_tokens: int = 8192) -> np.ndarray:
+    """The critic's V(prompt + response[:t]) [K] float64 at each (rows[k], ts[k]) of ``batch``
+    (vapo.models.response_values over the trainer's micro-batches: values[:, t] is the state
+    before token t). The critic's mode is restored afterwards."""
     from vapo.models import response_values
 
     was_training = critic.training
     critic.eval()
-    values, _ = forward_rows(response_values, critic, probe.batch, device=torch.device(device), max_tokens=max_tokens)
+    device = next(critic.parameters()).device
+    values, _ = forward_rows(response_values, critic, batch, device=device, max_tokens=max_tokens)
     critic.train(was_training)
-    return values.double().numpy()[probe.rows, probe.ts]
+    return values.double().numpy()[np.asarray(rows, np.int64), np.asarray(ts, np.int64)]
+
+
+def critic_at(critic: Any, probe: ProbeSet, *, max_tokens: int = 8192) -> np.ndarray:
+    """The critic's V(s_k) [K] float64 at each probed state of ``probe``."""
+    return values_at(critic, probe.batch, probe.rows, probe.ts, max_tokens=max_tokens)
 
 
 def _ev(pred: np.ndarray, y: np.ndarray, noise: float = 0.0, noise_in_y: bool = False) -> float:
@@ -283,4 +291,4 @@ def critic_quality(values: np.ndarray, probe: ProbeSet, *, n_boot: int = 0, seed
 
 
 __all__ = ["MCEstimate", "ProbeSet", "critic_at", "critic_quality", "draw_probe", "mc_values", "probe_positions",
-           "spread_rows", "wilson"]
+           "spread_rows", "values_at", "wilson"]

@@ -419,7 +419,7 @@ class Trainer:
 
     def probe_critic(self, probe: ProbeSet, *, n_boot: int = 0) -> dict[str, Any]:
         """The critic's figures on ``probe`` (vapo.train.probe.critic_quality): a critic forward only."""
-        v = critic_at(self.critic, probe, device=self.device, max_tokens=self.cfg.optim.micro_batch_tokens)
+        v = critic_at(self.critic, probe, max_tokens=self.cfg.optim.micro_batch_tokens)
         return critic_quality(v, probe, n_boot=n_boot, seed=self.cfg.seed)
 
     # ---------------------------------------------------------------- value pretraining
