@@ -151,7 +151,8 @@ class Trainer:
         if self.uses_ref:
             self.ref_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.uses_critic:
-            self.critic = Critic.from_policy(self.policy, zero_init=self.cfg.algo.critic.head_init == "zero").to(self.device)
+            self.critic = Critic.from_policy(self.policy, zero_init=self.cfg.algo.critic.head_init == "zero",
+                                             surprise=self.cfg.algo.critic.surprise_input).to(self.device)
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
