@@ -77,7 +77,7 @@ class CriticConfig(_Section):
     pretrain_patience: int = Field(3, ge=1, description="stop value pretraining after this many rounds in a row without a new best RMSE against the Monte-Carlo probe values (the critic with the best RMSE is kept)")
     pretrain_tol: float = Field(0.01, ge=0.0, description="relative RMSE improvement that counts as a new best in the stop rule")
     head_init: Literal["zero", "random"] = Field("zero", description="value-head initialisation: zero (V ≡ 0 before value pretraining) or PyTorch's default random Linear init")
-    surprise_input: bool = Field(False, description="the critic also reads, for each token, a learned embedding of the bucket of the warm-start policy's probability of it (a frozen copy; one extra no-grad forward per critic forward): on a sloppy-teacher task a slip is a low-probability token, see docs/training.md")
+    surprise_input: bool = Field(True, description="the critic also reads, for each token, a learned embedding of the bucket of the warm-start policy's probability of it (a frozen copy; one extra no-grad forward per critic forward): on a sloppy-teacher task a slip is a low-probability token, see docs/training.md")
     pretrain_epochs: int = Field(4, ge=1, description="critic passes over each value-pretraining batch")
     pretrain_minibatch_size: int = Field(64, ge=1, description="answers per critic step in value pretraining (a batch of prompts_per_iter × group_size answers gives that ÷ this steps per pass)")
     probe_answers: int = Field(128, ge=1, description="held-out answers of the critic's Monte-Carlo probe (one per prompt, sampled from the policy)")
