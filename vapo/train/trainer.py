@@ -410,8 +410,8 @@ class Trainer:
     # ---------------------------------------------------------------- the critic probe
     def draw_probe(self) -> ProbeSet:
         """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
-        at algo.critic.probe_positions. Its prompts are fixed by the seed; its draws use their own
-        stream (seeded by seed and iteration), so probing does not change what training samples."""
+        at algo.critic.probe_positions. Its prompts and draws are fixed by the seed and the iteration
+        and use their own streams, so probing does not change what training samples."""
         cc = self.cfg.algo.critic
         self.policy.eval()
         return draw_probe(self.policy, self.tokenizer, self.task, self.settings, answers=cc.probe_answers,
