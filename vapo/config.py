@@ -72,10 +72,18 @@ class PolicyLossConfig(_Section):
 
 class CriticConfig(_Section):
     enabled: bool = Field(True, description="train a critic (False for critic-free presets: grpo, dr_grpo, dapo)")
-    pretrain_steps: int = Field(50, ge=0, description="max value-pretraining steps before RL (0 = none; VC-PPO §4)")
-    pretrain_min_steps: int = Field(10, ge=0, description="value pretraining runs at least this many steps")
-    pretrain_patience: int = Field(5, ge=1, description="window w of the stop rule: stop when the mean value loss of the last w steps is not below that of the w steps before by pretrain_tol (relative)")
-    pretrain_tol: float = Field(0.02, ge=0.0, description="relative improvement of the windowed value loss below which value pretraining stops")
+    pretrain_steps: int = Field(50, ge=0, description="cap on value-pretraining rounds before RL (each round collects one batch and makes pretrain_epochs passes over it; 0 = none; VC-PPO §4)")
+    pretrain_min_steps: int = Field(3, ge=0, description="value pretraining runs at least this many rounds")
+    pretrain_patience: int = Field(3, ge=1, description="stop value pretraining after this many rounds in a row without a new best RMSE against the Monte-Carlo probe values (the critic with the best RMSE is kept)")
+    pretrain_tol: float = Field(0.01, ge=0.0, description="relative RMSE improvement that counts as a new best in the stop rule")
+    head_init: Literal["zero", "random"] = Field("zero", description="value-head initialisation: zero (V ≡ 0 before value pretraining) or PyTorch's default random Linear init")
+    surprise_input: bool = Field(True, description="the critic also reads, for each token, a learned embedding of the bucket of the warm-start policy's probability of it (a frozen copy; one extra no-grad forward per critic forward): on a sloppy-teacher task a slip is a low-probability token, see docs/training.md")
+    pretrain_epochs: int = Field(4, ge=1, description="critic passes over each value-pretraining batch")
+    pretrain_minibatch_size: int = Field(64, ge=1, description="answers per critic step in value pretraining (a batch of prompts_per_iter × group_size answers gives that ÷ this steps per pass)")
+    probe_answers: int = Field(128, ge=1, description="held-out answers of the critic's Monte-Carlo probe (one per prompt, sampled from the policy)")
+    probe_positions: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="relative positions ρ in each probe answer whose state values are estimated")
+    probe_continuations: int = Field(8, ge=1, description="continuations M per probe state (Monte-Carlo value V̂ = mean of M rewards)")
+    probe_every: int = Field(50, ge=0, description="re-draw the probe (the policy has moved) and log critic/ev, critic/achievable_ev, critic/rmse_vs_mc, critic/bias_vs_mc every N RL iterations (0 = never); one probe costs about 3 default iterations, so 50 keeps it near 6% of training time")
     value_clip: float | None = Field(None, gt=0.0, description="ε_v of the clipped value loss (null = unclipped)")
     coef: float = Field(1.0, gt=0.0, description="weight of the value loss (a token mean over the loss mask: with overlong.filter_truncated, truncated responses leave the critic's loss too)")
 
@@ -380,6 +388,16 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     then sees the same number of answers. optim.old_logprobs=sampler needs temperature 1: the
     ratio's old log-probs and the trained log-probs must be of the same distribution.
     """
+    cc = cfg.algo.critic
+    if not cc.enabled:
+        gated = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("pretrain_steps", "probe_every") if getattr(cc, k)]
+        if gated:
+            raise ConfigError(
+                f"{', '.join(gated)} needs a critic, and this config has none (algo.critic.enabled=false, preset {cfg.preset})",
+                where=source, fix="set those fields to 0, or use a preset with a critic (ppo, vc_ppo, vapo)")
+    if any(not 0.0 <= r < 1.0 for r in cc.probe_positions):
+        raise ConfigError(f"algo.critic.probe_positions={cc.probe_positions} holds a position outside [0, 1)",
+                          where=source, fix="give relative positions ρ with 0 ≤ ρ < 1, e.g. [0.0, 0.25, 0.5, 0.75]")
     if cfg.rollout.top_p < 1.0:
         raise ConfigError(
             f"rollout.top_p={cfg.rollout.top_p} is not supported for training: the training log-probs "

@@ -3,7 +3,7 @@
 VAPO §3 and VC-PPO §3 locate the failure of value-based RL on long chain-of-thought in the
 critic: an error in V(s_t) enters every GAE advantage that bootstraps through s_t. For each
 probed prefix state s_k we have the critic's prediction v_k and an unbiased MC estimate V̂_k
-with estimated variance σ̂²_k (vapo.diagnostics.mc). Per group of states (relative position in
+with estimated variance σ̂²_k (vapo.train.probe, the estimator value pretraining stops on). Per group of states (relative position in
 the response, response-length bucket, all):
 
     bias  = mean_k (v_k − V̂_k)                          (unbiased for mean(v − V^π))
@@ -22,6 +22,7 @@ import torch
 
 from vapo.algos.losses import explained_variance
 from vapo.diagnostics.common import bootstrap_ci, mean_ci
+from vapo.train.probe import values_at
 
 
 def _rmse(e: np.ndarray, noise: np.ndarray) -> float:
@@ -66,27 +67,10 @@ def critic_error_report(v: np.ndarray, mc_mean: np.ndarray, mc_var: np.ndarray, 
     return out
 
 
-@torch.no_grad()
-def critic_values_at(critic: Any, batch: Any, rows: np.ndarray, ts: np.ndarray, chunk: int = 128) -> np.ndarray:
-    """The critic's V(prompt + response[:t]) [K] float64 at each (row, t) (vapo.models.response_values:
-    values[:, t] is the state before token t)."""
-    from vapo.models import response_values
-
-    critic.eval()
-    device = next(critic.parameters()).device
-    uniq = np.unique(rows)
-    pos = {int(r): i for i, r in enumerate(uniq)}
-    vals = []
-    for s in range(0, len(uniq), chunk):
-        idx = torch.from_numpy(uniq[s : s + chunk])
-        t_max = int(batch.lengths[idx].max())
-        vals.append(response_values(
-            critic, batch.prompt_ids[idx].to(device), batch.prompt_mask[idx].to(device),
-            batch.response_ids[idx, :t_max].to(device), batch.response_mask[idx, :t_max].to(device),
-        ).cpu().double())
-    T = max(v.shape[1] for v in vals)
-    allv = torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[1])) for v in vals])
-    return np.array([float(allv[pos[int(r)], int(t)]) for r, t in zip(rows, ts, strict=True)])
+def critic_values_at(critic: Any, batch: Any, rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The critic's V(prompt + response[:t]) [K] float64 at each (row, t) (vapo.train.probe.values_at,
+    as value pretraining's probe reads them)."""
+    return values_at(critic, batch, rows, ts)
 
 
 def finding(report: dict[str, Any] | None, name: str = "critic") -> str:

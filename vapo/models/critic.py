@@ -11,6 +11,14 @@ GAE then bootstraps through every token (VC-PPO, Yuan et al. 2025, §3 traces PP
 long CoT to exactly this initialisation bias of the value model). Starting from 0 makes the
 initial advantages equal the (undiscounted, λ-weighted) returns, and value pretraining moves the
 head from there; gradients still reach the backbone after the first update of w.
+
+Surprise input (``surprise=True``): the critic also holds a frozen copy of the warm-start policy
+π₀, and each input token y_j enters the backbone as its embedding plus a learned embedding of the
+bucket of π₀(y_j | y_<j) (edges :data:`SURPRISE_EDGES`; the embedding starts at zero, so the
+critic starts as the plain one). On a task whose warm start imitates a sloppy teacher a slip is a
+token π₀ took with low probability, and the value after a slip is 0: the critic no longer has to
+re-derive from 0/1 returns what π₀'s next-token distribution already says (docs/training.md, the
+critic). It costs one extra no-grad forward of π₀ per critic forward.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from vapo.errors import VapoError
 CRITIC_FORMAT = "vapo-critic-v1"
 HEAD_FILE = "value_head.safetensors"
 META_FILE = "critic.json"
+SURPRISE_DIR = "surprise_policy"
+SURPRISE_EDGES = (0.1, 0.3, 0.5, 0.8)  # buckets of π₀(y_j | y_<j): [0, .1), [.1, .3), [.3, .5), [.5, .8), [.8, 1]
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -45,7 +55,7 @@ class Critic(nn.Module):
         config: the backbone's config.
     """
 
-    def __init__(self, backbone: nn.Module, *, zero_init: bool = True):
+    def __init__(self, backbone: nn.Module, *, zero_init: bool = True, surprise_policy: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.config = backbone.config
@@ -53,12 +63,27 @@ class Critic(nn.Module):
         if zero_init:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
-        self.value_head.to(next(backbone.parameters()).dtype)
+        dtype = next(backbone.parameters()).dtype
+        self.value_head.to(dtype)
+        self.surprise_policy = surprise_policy
+        self.surprise_embed: nn.Embedding | None = None
+        if surprise_policy is not None:
+            surprise_policy.eval().requires_grad_(False)
+            self.surprise_embed = nn.Embedding(len(SURPRISE_EDGES) + 1, backbone.config.hidden_size).to(dtype)
+            nn.init.zeros_(self.surprise_embed.weight)
+
+    def train(self, mode: bool = True) -> Critic:
+        super().train(mode)
+        if self.surprise_policy is not None:
+            self.surprise_policy.eval()  # frozen: no dropout, whatever the critic's mode
+        return self
 
     @classmethod
-    def from_policy(cls, policy: Any) -> Critic:
+    def from_policy(cls, policy: Any, *, zero_init: bool = True, surprise: bool = False) -> Critic:
         """A critic whose backbone is a deep copy of ``policy.base_model`` (weights copied, the policy
-        is left untouched) and whose value head is zero (V ≡ 0)."""
+        is left untouched) and whose value head is zero (V ≡ 0; ``zero_init=False``: PyTorch's
+        default random init of ``nn.Linear``). ``surprise``: with a frozen copy of ``policy`` as π₀
+        (module docstring)."""
         base = getattr(policy, "base_model", None)
         if base is None or base is policy or not hasattr(base, "config"):
             raise VapoError(f"cannot find the backbone of {type(policy).__name__}", where="Critic.from_policy",
@@ -69,14 +94,26 @@ class Critic(nn.Module):
         if has_lora(backbone):  # a LoRA actor: the critic trains all weights of a plain copy
             merge_lora(backbone)
         backbone.requires_grad_(True)
-        critic = cls(backbone)
+        frozen = copy.deepcopy(policy) if surprise else None
+        critic = cls(backbone, zero_init=zero_init, surprise_policy=frozen)
         return critic.to(next(policy.parameters()).device).train(policy.training)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden states [B, L, H] of the backbone."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False)
+        """Last hidden states [B, L, H] of the backbone (with the surprise input when the critic has one)."""
+        if self.surprise_policy is None:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False)
+            return out.last_hidden_state
+        with torch.no_grad():
+            logits = self.surprise_policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                          use_cache=False).logits
+            p = torch.softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # π₀(y_j | y_<j)
+            p = torch.where(attention_mask[:, :-1].bool(), p, 1.0)  # after left padding: no prediction
+            p = torch.nn.functional.pad(p, (1, 0), value=1.0)  # nor for the first token
+            bucket = torch.bucketize(p, torch.tensor(SURPRISE_EDGES, device=p.device), right=True)
+        emb = self.backbone.get_input_embeddings()(input_ids) + self.surprise_embed(bucket)
+        out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -104,12 +141,16 @@ class Critic(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(d)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}, str(d / HEAD_FILE))
+        head = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+        if self.surprise_embed is not None:
+            head["surprise_embed.weight"] = self.surprise_embed.weight.detach().contiguous().cpu()
+            self.surprise_policy.save_pretrained(d / SURPRISE_DIR)
+        save_file(head, str(d / HEAD_FILE))
         dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
                                                "backbone_class": type(self.backbone).__name__, "dtype": dtype,
-                                               "gradient_checkpointing": _checkpointing(self.backbone)},
-                                              indent=2) + "\n")
+                                               "gradient_checkpointing": _checkpointing(self.backbone),
+                                               "surprise": self.surprise_embed is not None}, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Critic:
@@ -136,6 +177,14 @@ class Critic(nn.Module):
             from vapo.models.hf import enable_checkpointing
 
             enable_checkpointing(backbone)
-        critic = cls(backbone, zero_init=True)
-        critic.value_head.load_state_dict(load_file(str(d / HEAD_FILE)))
+        surprise_policy = None
+        if meta.get("surprise"):
+            from vapo.models import load_policy
+
+            surprise_policy = load_policy(d / SURPRISE_DIR)
+        critic = cls(backbone, zero_init=True, surprise_policy=surprise_policy)
+        head = load_file(str(d / HEAD_FILE))
+        if critic.surprise_embed is not None:
+            critic.surprise_embed.weight.data.copy_(head.pop("surprise_embed.weight"))
+        critic.value_head.load_state_dict(head)
         return critic.eval()

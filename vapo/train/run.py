@@ -107,6 +107,8 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
             m, exp = trainer.iterate()
         except DivergenceError as e:
             raise _diverged(trainer, e) from None
+        if trainer.uses_critic and cfg.algo.critic.probe_every and trainer.iteration % cfg.algo.critic.probe_every == 0:
+            m.update(_probe_metrics(trainer))
         for cb in callbacks:
             cb.on_iteration_end(trainer, exp, m)
         sinks.log_metrics(m, step=trainer.iteration)
@@ -133,6 +135,24 @@ def _diverged(trainer: Trainer, e: DivergenceError) -> VapoError:
                      "(finite: no skipped update was applied)", where=e.where, fix=e.fix)
 
 
+def _probe_metrics(trainer: Trainer) -> dict[str, float]:
+    """The critic probe during RL (algo.critic.probe_every): the policy has moved, so the MC values
+    are re-estimated on a fresh probe; ``critic/*`` metrics and the probe's cost ``time_probe``."""
+    t0 = time.perf_counter()
+    q = trainer.probe_critic(trainer.draw_probe())
+    m = {f"critic/{k}": q[k] for k in ("ev", "achievable_ev", "ev_vs_mc", "rmse_vs_mc", "bias_vs_mc")}
+    for rho, f in q["by_position"].items():
+        m[f"critic/rmse_vs_mc@{rho}"], m[f"critic/bias_vs_mc@{rho}"] = f["rmse_vs_mc"], f["bias_vs_mc"]
+    m["time_probe"] = time.perf_counter() - t0
+    return m
+
+
+def _critic_quality(run_dir: Path) -> dict[str, Any] | None:
+    """The critic's figures at the end of value pretraining (events.jsonl), None without it."""
+    ends = [r for r in read_jsonl(run_dir / "events.jsonl") if r.get("phase") == "value_pretrain_end"]
+    return ends[-1]["critic_quality"] if ends else None
+
+
 def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None) -> dict[str, Any]:
     from vapo.train.plots import make_plots
 
@@ -153,6 +173,9 @@ def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None
         "warm_start_by_size": {s: first[s]["by_size"] for s in first},
         "plots": [str(p) for p in plots],
     }
+    cq = _critic_quality(trainer.run_dir)
+    if cq is not None:
+        summary["critic_quality"] = cq
     import json
 
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -11,8 +11,8 @@ One iteration, :meth:`Trainer.iterate`, reads top to bottom as the stages of the
     iteration_metrics  one flat metrics row
 
 Before RL: supervised warm start on task demonstrations (cached), then value pretraining of the
-critic on Monte-Carlo returns of the frozen warm-start policy, with its own stop rule (the value
-loss has plateaued). Config → algorithm arguments go through vapo.train.adapter only.
+critic on Monte-Carlo returns of the frozen warm-start policy, with its own stop rule (the
+critic's RMSE against Monte-Carlo values of a held-out probe has stopped improving). Config → algorithm arguments go through vapo.train.adapter only.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from vapo.train import checkpoint as ckpt
 from vapo.train.batch import Experience, Graphs, forward_rows, micro_batches
 from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
+from vapo.train.probe import ProbeSet, critic_at, critic_quality, draw_probe
 from vapo.train.rundir import append_jsonl
 from vapo.train.ui import UI, StopFlag
 
@@ -307,18 +308,23 @@ class Trainer:
         perm = torch.randperm(n, generator=self.shuffle_gen)
         return [p for p in torch.tensor_split(perm, self.cfg.optim.minibatches) if len(p)]
 
-    def update_critic(self, exp: Experience, graphs: Graphs | None = None) -> dict[str, float]:
+    def update_critic(self, exp: Experience, graphs: Graphs | None = None, *, epochs: int | None = None,
+                      minibatch_size: int | None = None) -> dict[str, float]:
         """Value-loss steps on ``exp.returns`` over ``exp.loss_mask``, micro-batched like the
-        actor's (ppo_epochs × minibatches steps). With ``graphs`` (the fused single-step case, see
+        actor's (``epochs`` × minibatches of ``minibatch_size`` answers; default the PPO schedule,
+        optim.ppo_epochs × optim.minibatch_size). With ``graphs`` (the fused single-step case, see
         :meth:`forward_passes`) the one step backpropagates through those outputs instead of
         running the critic forward again."""
         from vapo.models import response_values
 
         c, o = self.cfg.algo, self.cfg.optim
+        epochs = o.ppo_epochs if epochs is None else epochs
+        mb_size = o.minibatch_size if minibatch_size is None else minibatch_size
         stats: dict[str, list[float]] = {}
         self.critic.train()
-        for _ in range(o.ppo_epochs):
-            for idx in [None] if graphs is not None else self._minibatches(len(exp)):
+        for _ in range(epochs):
+            perm = torch.randperm(len(exp), generator=self.shuffle_gen)
+            for idx in [None] if graphs is not None else [perm[i : i + mb_size] for i in range(0, len(exp), mb_size)]:
                 mb = exp if idx is None else exp.select(idx)
                 weights = token_weights(mb.loss_mask, "token-mean")
                 self.critic_opt.zero_grad(set_to_none=True)
@@ -464,43 +470,83 @@ class Trainer:
                  time_annotate=tm.annotate, time_actor=tm.actor, time_critic=tm.critic, time_iter=total)
         return m
 
+    # ---------------------------------------------------------------- the critic probe
+    def draw_probe(self) -> ProbeSet:
+        """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
+        at algo.critic.probe_positions. Its prompts and draws are fixed by the seed and the iteration
+        and use their own streams, so probing does not change what training samples."""
+        cc = self.cfg.algo.critic
+        self.policy.eval()
+        return draw_probe(self.policy, self.tokenizer, self.task, self.settings, answers=cc.probe_answers,
+                          positions=tuple(cc.probe_positions), continuations=cc.probe_continuations,
+                          seed=self.cfg.seed * 100_003 + self.iteration)
+
+    def probe_critic(self, probe: ProbeSet, *, n_boot: int = 0) -> dict[str, Any]:
+        """The critic's figures on ``probe`` (vapo.train.probe.critic_quality): a critic forward only."""
+        v = critic_at(self.critic, probe, max_tokens=self.cfg.optim.micro_batch_tokens)
+        return critic_quality(v, probe, n_boot=n_boot, seed=self.cfg.seed)
+
     # ---------------------------------------------------------------- value pretraining
-    def pretrain_value(self, ui: UI, flag: StopFlag) -> list[dict[str, float]]:
-        """Train the critic on Monte-Carlo returns (λ = 1) of the frozen warm-start policy until
-        the value loss stops improving (docs/algorithms.md, value pretraining)."""
+    def pretrain_value(self, ui: UI, flag: StopFlag) -> list[dict[str, Any]]:
+        """Train the critic on Monte-Carlo returns (λ = 1) of the frozen warm-start policy until its
+        error against Monte-Carlo values stops improving (docs/training.md, the critic).
+
+        The policy is frozen, so one probe (:meth:`draw_probe`) serves every check, and a check
+        costs one critic forward over the probe's answers. Each round collects one batch and makes
+        ``pretrain_epochs`` passes of ``pretrain_minibatch_size``-answer critic steps over it; then
+        the probe is checked. Stop: ``pretrain_patience`` rounds in a row without a new best
+        RMSE against V̂ (better by ``pretrain_tol``, relative), after at least ``pretrain_min_steps``
+        rounds, or at the cap ``pretrain_steps``. The critic of the best round is kept. The last
+        record holds ``critic_quality`` (the kept critic's figures with 95% CIs).
+        """
         from vapo.algos.advantages import masked_gae
 
         cc = self.cfg.algo.critic
-        history: list[dict[str, float]] = []
+        history: list[dict[str, Any]] = []
         if not self.uses_critic or cc.pretrain_steps == 0:
             return history
-        losses: list[float] = []
-        task_id = ui.add_task("value pretraining", total=cc.pretrain_steps)
-        for step in range(cc.pretrain_steps):
+        task_id = ui.add_task("value pretraining: MC probe", total=cc.pretrain_steps)
+        t0 = time.perf_counter()
+        probe = self.draw_probe()
+        probe_seconds = time.perf_counter() - t0
+
+        def log(rec: dict[str, Any]) -> None:
+            history.append(rec)
+            append_jsonl(self.run_dir / "events.jsonl", rec)
+
+        q = self.probe_critic(probe)
+        log({"phase": "value_pretrain", "step": 0, "gradient_steps": 0, "probe_seconds": probe_seconds, **q})
+        best, best_state, best_round, since_best, grad_steps = q["rmse_vs_mc"], copy.deepcopy(self.critic.state_dict()), 0, 0, 0
+        for step in range(1, cc.pretrain_steps + 1):
             if flag.requested:
                 break
             t0 = time.perf_counter()
             exp, _ = self.collect()
-            exp, graphs = self.annotate(exp)
+            exp, _ = self.annotate(exp)  # values of the current critic (value clip reference), loss mask
             # Targets: Monte-Carlo returns (λ = 1 GAE returns of the token rewards).
             _, exp.returns = masked_gae(exp.token_rewards, exp.values, exp.response_mask, gamma=self.cfg.algo.advantage.gamma, lam=1.0)
-            ev = float(explained_variance(exp.values, exp.returns, exp.response_mask))
-            st = self.update_critic(exp, graphs)
-            rec = {"phase": "value_pretrain", "step": step, "explained_variance": ev, "value_loss": st["value_loss"],
-                   "seconds": time.perf_counter() - t0}
-            history.append(rec)
-            append_jsonl(self.run_dir / "events.jsonl", rec)
-            ui.update(task_id, advance=1, info=f"EV {ev:+.3f}  value loss {st['value_loss']:.4f}")
-            # Stop rule: the value loss has plateaued. Explained variance against 0/1 returns is too
-            # noisy to stop on (it stays far below 1 even for the true value function), so the rule
-            # compares the mean loss of the last w steps with the w steps before.
-            losses.append(st["value_loss"])
-            w = cc.pretrain_patience
-            if step + 1 >= max(cc.pretrain_min_steps, 2 * w):
-                recent, before = sum(losses[-w:]) / w, sum(losses[-2 * w : -w]) / w
-                if recent > (1.0 - cc.pretrain_tol) * before:
-                    break
-        ui.update(task_id, total=len(history), completed=len(history))
+            ev_batch = float(explained_variance(exp.values, exp.returns, exp.response_mask))
+            st = self.update_critic(exp, epochs=cc.pretrain_epochs, minibatch_size=cc.pretrain_minibatch_size)
+            grad_steps += cc.pretrain_epochs * math.ceil(len(exp) / cc.pretrain_minibatch_size)
+            q = self.probe_critic(probe)
+            log({"phase": "value_pretrain", "step": step, "gradient_steps": grad_steps, "explained_variance": ev_batch,
+                 "value_loss": st["value_loss"], "seconds": time.perf_counter() - t0, **q})
+            ui.update(task_id, advance=1, info=f"EV {q['ev']:+.3f} of {q['achievable_ev']:+.3f}  RMSE {q['rmse_vs_mc']:.3f}")
+            if q["rmse_vs_mc"] < (1.0 - cc.pretrain_tol) * best:
+                best, best_state, best_round, since_best = q["rmse_vs_mc"], copy.deepcopy(self.critic.state_dict()), step, 0
+            else:
+                since_best += 1
+            if step >= cc.pretrain_min_steps and since_best >= cc.pretrain_patience:
+                break
+        self.critic.load_state_dict(best_state)
+        rounds = len(history) - 1
+        final = self.probe_critic(probe, n_boot=1000)
+        n_steps = next(r["gradient_steps"] for r in history if r["step"] == best_round)
+        exact = {"value": n_steps, "lo": n_steps, "hi": n_steps}  # a count, known exactly
+        final.update(pretrain_steps=exact, pretrain_rounds=rounds, kept_round=best_round,
+                     ci="95% percentile bootstrap over probe answers (scipy.stats.bootstrap, 1000 resamples)")
+        log({"phase": "value_pretrain_end", "critic_quality": final})
+        ui.update(task_id, total=max(rounds, 1), completed=max(rounds, 1))
         return history
 
     # ---------------------------------------------------------------- checkpoints
