@@ -16,8 +16,6 @@ base:
   train.checkpoint_every: 1
   eval.prompts: 4
   eval.samples: 1
-  algo.critic.pretrain_steps: 2
-  algo.critic.pretrain_min_steps: 1
   optim.minibatches: 1
 """
 

@@ -18,13 +18,19 @@ from vapo.train.rundir import AtomicDir, checkpoint_dirs, new_run_dir, read_json
 TIME_KEYS = ("tokens_per_s", "time_rollout", "time_annotate", "time_actor", "time_critic", "time_iter")
 
 
+# Small value pretraining and critic probe for the presets with a critic (the others refuse the
+# critic's fields: there is no critic to configure).
+CRITIC = ["algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1", "algo.critic.probe_answers=8",
+          "algo.critic.probe_continuations=2"]
+
+
 def micro(tmp_path, preset="vapo", *extra):
+    critic = CRITIC if preset in ("ppo", "vc_ppo", "vapo") else []
     return resolve_config(preset, overrides=[
         f"train.runs_dir={tmp_path / 'runs'}", "train.threads=2", "model.size=micro",
         "sft.steps=30", "sft.batch_size=32", "sft.cache=false",
         "rollout.prompts_per_iter=8", "rollout.group_size=4", "rollout.max_new_tokens=48",
-        "optim.minibatches=2", "algo.critic.pretrain_steps=2", "algo.critic.pretrain_min_steps=1",
-        "eval.prompts=8", "eval.samples=2", "train.eval_every=0", *extra,
+        "optim.minibatches=2", *critic, "eval.prompts=8", "eval.samples=2", "train.eval_every=0", *extra,
     ])
 
 
@@ -229,7 +235,8 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
     env = {**os.environ, "VAPO_CACHE_DIR": str(tmp_path / "cache")}
     args = [f"train.runs_dir={runs}", "train.threads=1", "model.size=micro", "sft.steps=20", "sft.cache=false",
             "rollout.prompts_per_iter=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "optim.minibatches=1",
-            "algo.critic.pretrain_steps=1", "algo.critic.pretrain_min_steps=1", "eval.prompts=4", "eval.samples=1",
+            "algo.critic.pretrain_steps=1", "algo.critic.pretrain_min_steps=1", "algo.critic.probe_answers=8",
+            "algo.critic.probe_continuations=2", "eval.prompts=4", "eval.samples=1",
             "train.eval_every=0", "train.checkpoint_every=0", "train.iterations=10000"]
     cmd = [sys.executable, "-c", "from vapo.cli import main; main()", "train", "--name", "int"]
     for a in args:

@@ -20,8 +20,7 @@ from vapo.errors import VapoError
 from vapo.tasks import sample_problems
 from vapo.train.batch import Experience
 from vapo.train.collect import RewardSettings, rollout_and_score
-
-Z95 = float(stats.norm.ppf(0.975))  # two-sided 95% normal quantile
+from vapo.train.probe import Z95, wilson  # noqa: F401  (re-exported: the diagnostics use one copy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,15 +60,6 @@ def bucket_of(lengths: torch.Tensor | np.ndarray, edges: list[int]) -> np.ndarra
 # --------------------------------------------------------------------------------------------
 # Statistics with 95% confidence intervals
 # --------------------------------------------------------------------------------------------
-def wilson(successes: float, n: int) -> tuple[float, float]:
-    """Wilson score 95% interval of a binomial proportion (scipy.stats.binomtest); (nan, nan)
-    when n = 0. ``successes`` is rounded to the nearest count."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    ci = stats.binomtest(int(round(successes)), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
 def mean_ci(x: np.ndarray) -> dict[str, float]:
     """Mean with a normal-approximation 95% CI (mean ± z·sd/√n); n < 2 gives a nan interval."""
     x = np.asarray(x, dtype=np.float64)
