@@ -311,20 +311,25 @@ class Trainer:
     def update_critic(self, exp: Experience, graphs: Graphs | None = None, *, epochs: int | None = None,
                       minibatch_size: int | None = None) -> dict[str, float]:
         """Value-loss steps on ``exp.returns`` over ``exp.loss_mask``, micro-batched like the
-        actor's (``epochs`` × minibatches of ``minibatch_size`` answers; default the PPO schedule,
-        optim.ppo_epochs × optim.minibatch_size). With ``graphs`` (the fused single-step case, see
+        actor's (``epochs`` passes over minibatches of ``minibatch_size`` answers; by default the
+        PPO schedule, optim.ppo_epochs × optim.minibatches). With ``graphs`` (the fused single-step case, see
         :meth:`forward_passes`) the one step backpropagates through those outputs instead of
         running the critic forward again."""
         from vapo.models import response_values
 
         c, o = self.cfg.algo, self.cfg.optim
         epochs = o.ppo_epochs if epochs is None else epochs
-        mb_size = o.minibatch_size if minibatch_size is None else minibatch_size
         stats: dict[str, list[float]] = {}
         self.critic.train()
         for _ in range(epochs):
-            perm = torch.randperm(len(exp), generator=self.shuffle_gen)
-            for idx in [None] if graphs is not None else [perm[i : i + mb_size] for i in range(0, len(exp), mb_size)]:
+            if graphs is not None:
+                parts_idx: list[torch.Tensor | None] = [None]
+            elif minibatch_size is None:
+                parts_idx = list(self._minibatches(len(exp)))
+            else:
+                perm = torch.randperm(len(exp), generator=self.shuffle_gen)
+                parts_idx = [perm[i : i + minibatch_size] for i in range(0, len(exp), minibatch_size)]
+            for idx in parts_idx:
                 mb = exp if idx is None else exp.select(idx)
                 weights = token_weights(mb.loss_mask, "token-mean")
                 self.critic_opt.zero_grad(set_to_none=True)
