@@ -17,6 +17,10 @@ base:
   eval.prompts: 4
   eval.samples: 1
   optim.minibatches: 1
+  algo.critic.pretrain_min_steps: 1
+  algo.critic.pretrain_patience: 1
+  algo.critic.probe_answers: 8
+  algo.critic.probe_continuations: 2
 """
 
 
