@@ -21,8 +21,8 @@ TINY_RUN = [
     "--set", "task.name=file", "--set", f"task.kwargs.path={ROOT / 'examples/data/word_problems.jsonl'}",
     "--set", "task.kwargs.fields.prompt=question", "--set", "sft.steps=2", "--set", "sft.batch_size=4",
     "--set", "rollout.prompts_per_iter=4", "--set", "rollout.group_size=4", "--set", "rollout.max_new_tokens=12",
-    "--set", "eval.prompts=4", "--set", "eval.samples=2", "--set", "algo.critic.pretrain_steps=2",
-    "--set", "algo.critic.pretrain_min_steps=1", "--set", "algo.critic.pretrain_patience=1",
+    "--set", "eval.prompts=4", "--set", "eval.samples=2", "--set", "algo.critic.probe_answers=8",
+    "--set", "algo.critic.probe_continuations=2", "--set", "algo.critic.pretrain_min_steps=1", "--set", "algo.critic.pretrain_patience=1",
     "--set", "train.threads=1", "--set", "sft.cache=false", "--iterations", "2", "--quiet",
 ]
 

@@ -390,7 +390,11 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     """
     cc = cfg.algo.critic
     if not cc.enabled:
-        gated = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("pretrain_steps", "probe_every") if getattr(cc, k)]
+        # Their defaults are inert without a critic (e.g. --preset vapo --set algo.critic.enabled=false);
+        # any other value asks for critic work that cannot happen, and is refused.
+        defaults = CriticConfig()
+        gated = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("pretrain_steps", "probe_every")
+                 if getattr(cc, k) and getattr(cc, k) != getattr(defaults, k)]
         if gated:
             raise ConfigError(
                 f"{', '.join(gated)} needs a critic, and this config has none (algo.critic.enabled=false, preset {cfg.preset})",
