@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vapo.config import Config, check_trainable, load_config_file
 from vapo.errors import ConfigError, VapoError
+from vapo.train import distributed
 from vapo.train.batch import Experience
 from vapo.train.evaluate import SPLITS, evaluate_split
 from vapo.train.rundir import append_jsonl, latest_checkpoint, new_run_dir, read_jsonl
@@ -65,6 +66,15 @@ def check_callbacks(cfg: Config, callbacks: Sequence[Callback]) -> None:
 
 
 def _evaluate(trainer: Trainer, ui: UI) -> dict[str, Any]:
+    out = {}
+    with trainer.dist.full_params(trainer.policy):  # under torchrun: rank 0 evaluates, the others wait
+        if trainer.dist.is_writer:
+            out = _evaluate_splits(trainer, ui)
+    trainer.policy.train()
+    return trainer.dist.broadcast(out)
+
+
+def _evaluate_splits(trainer: Trainer, ui: UI) -> dict[str, Any]:
     cfg = trainer.cfg
     task_id = ui.add_task(f"eval @ {trainer.iteration}", total=len(SPLITS))
     out = {}
@@ -77,7 +87,6 @@ def _evaluate(trainer: Trainer, ui: UI) -> dict[str, Any]:
         append_jsonl(trainer.run_dir / "eval.jsonl", r)
         out[split] = r
         ui.update(task_id, advance=1, info=f"{split} acc {r['accuracy']:.3f}")
-    trainer.policy.train()
     return out
 
 
@@ -89,15 +98,18 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
     for cb in callbacks:
         cb.on_loop_start(trainer)
     while trainer.iteration < n:
-        if flag.requested:
+        if trainer.dist.any(flag.requested):
             path = trainer.save_checkpoint()
+            if not trainer.dist.is_writer:
+                return False
             append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "interrupted", "iteration": trainer.iteration, "time": time.time()})
             ui.log(f"[yellow]interrupted: saved {path}; continue with `vapo train --resume {trainer.run_dir}`")
             return False
         m, exp = trainer.iterate()
         for cb in callbacks:
             cb.on_iteration_end(trainer, exp, m)
-        append_jsonl(trainer.run_dir / "metrics.jsonl", m)
+        if trainer.dist.is_writer:
+            append_jsonl(trainer.run_dir / "metrics.jsonl", m)
         ui.update(task_id, advance=1, info="  ".join(f.format(m[k]) for k, f in _LIVE if k in m))
         it = trainer.iteration
         if cfg.train.eval_every and it % cfg.train.eval_every == 0 and it < n:
@@ -114,6 +126,8 @@ def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
 
     final = _evaluate(trainer, ui)
     trainer.save_checkpoint()
+    if not trainer.dist.is_writer:
+        return trainer.dist.broadcast(None)
     plots = make_plots(trainer.run_dir)
     evals = read_jsonl(trainer.run_dir / "eval.jsonl")
     first = {e["split"]: e for e in evals if e["iteration"] == 0}
@@ -132,7 +146,7 @@ def _finish(trainer: Trainer, ui: UI, t_start: float) -> dict[str, Any]:
     import json
 
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return trainer.dist.broadcast(summary)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -161,12 +175,19 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
     """Create runs/<name>, warm-start, pretrain the critic, run RL, evaluate, plot, summarise."""
     check_trainable(cfg)
     check_callbacks(cfg, callbacks)
-    run_dir = new_run_dir(cfg.train.runs_dir, name, f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}")
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
+    dist = distributed.current()
+    cfg = _resolve_dist(cfg, dist)
+    run_dir = None
+    if dist.is_writer:  # rank 0 creates the run directory; the others learn its path
+        run_dir = new_run_dir(cfg.train.runs_dir, name, f"{cfg.preset}-{cfg.task.name}-s{cfg.seed}")
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    run_dir = dist.broadcast(run_dir)
+    progress = progress and dist.is_writer
+    if dist.is_writer:
+        console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
                   f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
     t_start = time.time()
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, progress=progress, dist=dist)
     with graceful_interrupts() as flag, progress_ui(progress) as ui:
         try:
             trainer.build(ui, stop=flag)
@@ -174,7 +195,7 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
             console.print("[yellow]interrupted during the warm start: nothing to resume yet (the next run starts over)")
             return None
         if trainer.uses_critic:
-            trainer.critic.save_pretrained(run_dir / "checkpoints" / "critic_init")
+            trainer.save_models(run_dir / "checkpoints", critic_init=trainer.critic)
         _evaluate(trainer, ui)
         trainer.pretrain_value(ui, flag)
         if flag.requested:
@@ -184,8 +205,21 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
         if not train_loop(trainer, ui, flag, callbacks):
             return None
         summary = _finish(trainer, ui, t_start)
-    print_summary(summary)
+    if dist.is_writer:
+        print_summary(summary)
     return summary
+
+
+def _resolve_dist(cfg: Config, dist: distributed.Dist) -> Config:
+    """Refuse what does not run under torchrun yet; fix dist.rollout_streams (null: one stream per
+    process of this first launch) so that config.yaml records the run's streams."""
+    if dist.enabled and cfg.diagnose_every:
+        raise ConfigError("diagnose_every is not supported under torchrun (the probes sample from one process)",
+                          where="diagnose_every", fix="set diagnose_every=0, or run `vapo diagnose` on a checkpoint")
+    if cfg.dist.rollout_streams is None:
+        cfg = cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"rollout_streams": dist.world})})
+    dist.streams(cfg.dist.rollout_streams)  # refuses a count that does not split over the processes
+    return cfg
 
 
 def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
@@ -197,12 +231,15 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
     cfg = load_config_file(cfg_path)
     check_trainable(cfg, str(cfg_path))
     check_callbacks(cfg, callbacks)
+    dist = distributed.current()
+    cfg = _resolve_dist(cfg, dist)
+    progress = progress and dist.is_writer
     step, ckpt = latest_checkpoint(run_dir)
     if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
         raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
                         fix="start a new run (e.g. with more --iterations)")
     # Metrics logged after the checkpoint will be produced again: set them aside, never delete.
-    for fname in ("metrics.jsonl", "eval.jsonl"):
+    for fname in ("metrics.jsonl", "eval.jsonl") if dist.is_writer else ():
         path = run_dir / fname
         rows = read_jsonl(path)
         keep = [r for r in rows if r.get("iteration", 0) <= step]
@@ -211,14 +248,17 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
             path.rename(run_dir / f"{fname}.before-resume-{stamp}")
             for r in keep:
                 append_jsonl(path, r)
-    console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
-    append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time()})
+    if dist.is_writer:
+        console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
+        append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time()})
+    dist.barrier()  # the logs are set aside before any process goes on
     t_start = time.time()
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, progress=progress, dist=dist)
     trainer.load_checkpoint(ckpt)
     with graceful_interrupts() as flag, progress_ui(progress) as ui:
         if not train_loop(trainer, ui, flag, callbacks):
             return None
         summary = _finish(trainer, ui, t_start)
-    print_summary(summary)
+    if dist.is_writer:
+        print_summary(summary)
     return summary
