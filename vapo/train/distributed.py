@@ -232,8 +232,10 @@ class Dist:
     def full_optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's full state in ``Optimizer.state_dict()``'s own format (parameters numbered
         in ``model.named_parameters()`` order), so a checkpoint resumes on any number of processes."""
-        if not self.enabled:
-            return opt.state_dict()
+        if not self.enabled or not opt.state:
+            # (no state yet: the parameter-free state_dict() is already world-independent, and
+            # get_optimizer_state_dict would initialise the state by a zero step, which counts in Adam)
+            return opt.state_dict() if self.is_writer else {}
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_optimizer_state_dict,
@@ -249,7 +251,7 @@ class Dist:
     def load_optimizer_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Load a state written by :meth:`full_optimizer_state` (or a one-process checkpoint) into
         ``opt`` of the (sharded) ``model``."""
-        if not self.enabled:
+        if not self.enabled or not state["state"]:
             opt.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import (
