@@ -157,3 +157,22 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
         assert resumed[1][k] == pytest.approx(full[1][k], rel=1e-5, abs=1e-7), (k, full[1][k], resumed[1][k])
     w_full, w_resumed = _weights(runs / "two", 2, "policy"), _weights(cut, 2, "policy")
     assert max(float((w_full[k] - w_resumed[k]).abs().max()) for k in w_full) <= 1e-6
+
+
+def test_bad_process_counts_are_refused_before_anything_is_created(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vapo.cli import app
+
+    monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    base = ["train", "--quiet", "--set", f"train.runs_dir={runs}"]
+    r = CliRunner().invoke(app, [*base, "--nproc", "0"])
+    assert r.exit_code == 2 and "--nproc" in r.output
+    # a bad config fails once, here, before torchrun starts any process
+    r = CliRunner().invoke(app, [*base, "--nproc", "2", "--set", "rollout.group_size=0"])
+    assert r.exit_code == 2 and "rollout.group_size" in r.output
+    # streams that do not split the prompts: refused before the run directory exists
+    r = CliRunner().invoke(app, [*base, "--set", "dist.rollout_streams=3", "--set", "rollout.prompts_per_iter=4"])
+    assert r.exit_code == 2 and "rollout_streams" in r.output
+    assert not runs.exists() or not any(runs.iterdir())

@@ -219,6 +219,10 @@ def _resolve_dist(cfg: Config, dist: distributed.Dist) -> Config:
     if cfg.dist.rollout_streams is None:
         cfg = cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"rollout_streams": dist.world})})
     dist.streams(cfg.dist.rollout_streams)  # refuses a count that does not split over the processes
+    if cfg.rollout.prompts_per_iter % cfg.dist.rollout_streams:
+        raise ConfigError(f"rollout.prompts_per_iter={cfg.rollout.prompts_per_iter} does not split into "
+                          f"{cfg.dist.rollout_streams} rollout streams", where="rollout.prompts_per_iter / dist.rollout_streams",
+                          fix=f"use a multiple of {cfg.dist.rollout_streams} prompts")
     return cfg
 
 
