@@ -285,7 +285,7 @@ def unsharded_copy(model: Any, state: dict[str, torch.Tensor]) -> Any:
     if set(missing) - tied or unexpected:
         raise VapoError(f"gathered weights do not fit the model: missing {sorted(set(missing) - tied)}, "
                         f"unexpected {sorted(unexpected)}", where="vapo.train.distributed.unsharded_copy")
-    return copy.to(torch.float32 if next(model.parameters()).dtype == torch.float32 else next(model.parameters()).dtype)
+    return copy.to(next(model.parameters()).dtype)
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
