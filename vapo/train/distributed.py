@@ -142,9 +142,9 @@ class Dist:
         sums added, token-weighted means re-weighted, maxima maxed over processes."""
         if not self.enabled:
             return acc.result()
-        for rank, (sums, means, maxs) in enumerate(self.gather((acc.sums, acc.means, acc.maxs))):
-            if rank == self.rank:
-                continue
+        parts = self.gather((acc.sums, acc.means, acc.maxs))
+        acc.sums, acc.means, acc.maxs = {}, {}, {}
+        for sums, means, maxs in parts:  # in rank order: every process gets the same floats
             for k, v in sums.items():
                 acc.sums[k] = acc.sums.get(k, 0.0) + v
             for k, (s, w) in means.items():
