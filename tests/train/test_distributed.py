@@ -106,9 +106,11 @@ def test_two_processes_match_one_on_the_same_global_batch(runs):
     # the same global batch: the rollout streams give both runs the same prompts and answers
     for k in SAME:
         assert one[0][k] == pytest.approx(two[0][k], rel=1e-6), k
-    # iteration 1: losses, statistics and gradient norms equal up to float32 summation order
+    # iteration 1: losses, statistics and gradient norms equal up to float32 summation order (an
+    # absolute 1e-6: a loss near 0, e.g. the policy loss of whitened advantages, is a sum of O(1)
+    # terms that cancel, so its float32 error is absolute, not relative)
     for k in LOSSES:
-        assert two[0][k] == pytest.approx(one[0][k], rel=1e-5, abs=1e-7), (k, one[0][k], two[0][k])
+        assert two[0][k] == pytest.approx(one[0][k], rel=1e-5, abs=1e-6), (k, one[0][k], two[0][k])
     # the gradients of the first steps, coordinate by coordinate
     g1, g2 = torch.load(runs / "one.grads.pt"), torch.load(runs / "two.grads.pt")
     assert len(g1) == len(g2) == 4
@@ -126,7 +128,7 @@ def test_two_processes_match_one_on_the_same_global_batch(runs):
     for k in SAME:
         assert one[1][k] == pytest.approx(two[1][k], rel=1e-6), k
     for k in LOSSES:
-        assert two[1][k] == pytest.approx(one[1][k], rel=1e-5, abs=1e-7), (k, one[1][k], two[1][k])
+        assert two[1][k] == pytest.approx(one[1][k], rel=1e-5, abs=1e-6), (k, one[1][k], two[1][k])
 
 
 def test_rank_zero_alone_writes_the_run_directory(runs):
@@ -159,7 +161,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
     for k in SAME:
         assert resumed[1][k] == pytest.approx(full[1][k], rel=1e-6), k
     for k in LOSSES:
-        assert resumed[1][k] == pytest.approx(full[1][k], rel=1e-5, abs=1e-7), (k, full[1][k], resumed[1][k])
+        assert resumed[1][k] == pytest.approx(full[1][k], rel=1e-5, abs=1e-6), (k, full[1][k], resumed[1][k])
     w_full, w_resumed = _weights(runs / "two", 2, "policy"), _weights(cut, 2, "policy")
     assert max(float((w_full[k] - w_resumed[k]).abs().max()) for k in w_full) <= 1e-6
 

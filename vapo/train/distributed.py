@@ -193,6 +193,10 @@ class Dist:
         for m in self._fsdp_modules(model):
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+        # Make the root unit FSDP's root now (what its first forward would do): a first forward that
+        # enters an inner unit directly (the critic probe, generation within full_params) would
+        # otherwise make that unit a root of its own, and the root's next forward fails.
+        root._get_fsdp_state()._lazy_init()
         return model
 
     def forward(self, fn: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -272,17 +276,22 @@ class Dist:
             torch.distributed.barrier()
 
 
-def unsharded_copy(model: Any, state: dict[str, torch.Tensor]) -> Any:
-    """A plain (unsharded, CPU) copy of a policy or critic holding ``state``: what rank 0 saves."""
+def unsharded_copy(model: Any, state: dict[str, torch.Tensor], *, check: bool = True) -> Any:
+    """A plain (unsharded, CPU) copy of a policy or critic holding ``state``: what rank 0 saves.
+    ``check=False``: the architecture only (the weights are loaded by the caller)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     from vapo.models import Critic
 
-    if isinstance(model, Critic):
-        copy = Critic(AutoModel.from_config(model.config))
+    if isinstance(model, Critic):  # with its frozen π₀ when it has the surprise input
+        frozen = model.surprise_policy
+        copy = Critic(AutoModel.from_config(model.config),
+                      surprise_policy=None if frozen is None else unsharded_copy(frozen, {}, check=False))
     else:
         copy = AutoModelForCausalLM.from_config(model.config)
         copy.generation_config = model.generation_config
+    if not check:
+        return copy
     missing, unexpected = copy.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
