@@ -83,9 +83,13 @@ def train(
     name: Annotated[str | None, typer.Option(help="run name: the run directory is runs/<name> (default: <preset>-<task>-s<seed>, numbered if taken)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its latest checkpoint")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[int, typer.Option(help="processes on this machine: >1 runs this command under torchrun (FSDP2; docs/distributed.md)")] = 1,
 ) -> None:
     """Train a policy with RL on a verifiable task (default: VAPO on rewrite_sum, micro model, CPU)."""
     from vapo.config import resolve_config
+
+    if nproc < 1:
+        raise VapoError(f"--nproc {nproc} is not a number of processes", where="vapo train --nproc", fix="pass 1 or more")
 
     if resume is not None:
         from vapo.train import resume_run
@@ -96,6 +100,9 @@ def train(
                 where="vapo train --resume",
                 fix="drop the other options, or start a new run without --resume",
             )
+        if nproc > 1:
+            _relaunch_under_torchrun(nproc)
+            return
         resume_run(resume, progress=not quiet, callbacks=_training_callbacks())
         return
     overrides = list(set_ or [])
@@ -103,9 +110,33 @@ def train(
         if val is not None:
             overrides.append(f"{key}={val}")
     cfg = resolve_config(preset, config, overrides)
+    if nproc > 1:  # the config is checked above: a bad one fails once, with exit 2, before any process starts
+        _relaunch_under_torchrun(nproc)
+        return
     from vapo.train import start_run
 
     start_run(cfg, name=name, progress=not quiet, callbacks=_training_callbacks())
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """`vapo train --nproc N ...`: this same command line, without --nproc, under torchrun."""
+    import os
+
+    from vapo.train.distributed import launch
+
+    if "WORLD_SIZE" in os.environ:
+        raise VapoError("--nproc inside torchrun", where="vapo train --nproc", fix="drop --nproc; torchrun sets the processes")
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    code = launch(nproc, argv)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("eval")

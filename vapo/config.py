@@ -180,6 +180,13 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
+class DistConfig(_Section):
+    rollout_streams: int | None = Field(
+        None, ge=1, description="independent seeded rollout streams (prompts and samples), each prompts_per_iter / streams "
+        "prompts per iteration; under torchrun each process samples streams / world of them, so a run draws the same "
+        "batches on any number of processes dividing it (null: one per process of the run's first launch)")
+
+
 class EvalConfig(_Section):
     prompts: int = Field(128, ge=1, description="prompts per split for evaluation")
     samples: int = Field(4, ge=1, description="answers per prompt (avg@k accuracy; pass@k for k ≤ samples)")
@@ -203,6 +210,7 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
     diagnose_every: int = Field(0, ge=0, description="run cheap diagnostics every N iterations and log them (0 = off)")
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

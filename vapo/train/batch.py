@@ -143,15 +143,18 @@ Graphs = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def forward_rows(fn: RowForward, model: Any, exp: Experience, *, device: torch.device, max_tokens: int,
-                 keep_graphs: bool = False) -> tuple[torch.Tensor, Graphs | None]:
+                 keep_graphs: bool = False,
+                 micro_batches: Callable[[Experience, int], list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, Graphs | None]:
     """``fn`` over the micro-batches of ``exp``, reassembled to [B, T] float32 on CPU (0 at padding).
 
     With ``keep_graphs`` the device outputs (graph attached) are also returned, as (rows, output)
     pairs, so that a later loss can backpropagate through this very forward pass.
+    ``micro_batches``: the packing (default :func:`micro_batches`; under torchrun, this process's
+    share, vapo.train.distributed; rows outside it stay 0).
     """
     out = torch.zeros(exp.response_ids.shape, dtype=torch.float32)
     graphs: Graphs | None = [] if keep_graphs else None
-    for rows in micro_batches(exp, max_tokens):
+    for rows in (micro_batches or _micro_batches)(exp, max_tokens):
         u = exp.select(rows)
         y = fn(model, *(t.to(device) for t in (u.prompt_ids, u.prompt_mask, u.response_ids, u.response_mask)))
         out[rows, : y.shape[1]] = y.detach().float().cpu()
@@ -159,5 +162,7 @@ def forward_rows(fn: RowForward, model: Any, exp: Experience, *, device: torch.d
             graphs.append((rows, y))
     return out, graphs
 
+
+_micro_batches = micro_batches
 
 __all__ = ["Experience", "Graphs", "forward_rows", "micro_batches", "pad_left", "pad_right"]

@@ -11,8 +11,9 @@ metric sinks.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rich.table import Table
 from vapo.config import Config, check_trainable, load_config_file
 from vapo.errors import ConfigError, VapoError
 from vapo.models import validate_model
+from vapo.train import distributed
 from vapo.train.batch import Experience
 from vapo.train.checkpoint import latest_good_checkpoint
 from vapo.train.evaluate import SPLITS, evaluate_split
@@ -69,6 +71,18 @@ def check_callbacks(cfg: Config, callbacks: Sequence[Callback]) -> None:
 
 
 def _evaluate(trainer: Trainer, ui: UI, sinks: Sinks | None = None) -> dict[str, Any]:
+    out = {}
+    with trainer.dist.full_params(trainer.policy):  # under torchrun: rank 0 evaluates, the others wait
+        if trainer.dist.is_writer:
+            out = _evaluate_splits(trainer, ui)
+    trainer.policy.train()
+    out = trainer.dist.broadcast(out)
+    if sinks is not None:
+        sinks.log_eval(out, trainer.iteration)
+    return out
+
+
+def _evaluate_splits(trainer: Trainer, ui: UI) -> dict[str, Any]:
     cfg = trainer.cfg
     task_id = ui.add_task(f"eval @ {trainer.iteration}", total=len(SPLITS))
     out = {}
@@ -81,9 +95,6 @@ def _evaluate(trainer: Trainer, ui: UI, sinks: Sinks | None = None) -> dict[str,
         append_jsonl(trainer.run_dir / "eval.jsonl", r)
         out[split] = r
         ui.update(task_id, advance=1, info=f"{split} acc {r['accuracy']:.3f}")
-    if sinks is not None:
-        sinks.log_eval(out, trainer.iteration)
-    trainer.policy.train()
     return out
 
 
@@ -92,14 +103,17 @@ def train_loop(trainer: Trainer, ui: UI, flag: StopFlag, callbacks: Sequence[Cal
     """RL iterations until done or interrupted; returns True when all iterations ran. Each
     iteration's metrics row goes to ``sinks`` (metrics.jsonl alone when None)."""
     cfg = trainer.cfg
-    sinks = sinks if sinks is not None else Sinks([JsonlSink(trainer.run_dir)])
+    if sinks is None:  # under torchrun rank 0 alone logs
+        sinks = Sinks([JsonlSink(trainer.run_dir)] if trainer.dist.is_writer else [])
     n = cfg.train.iterations
     task_id = ui.add_task("RL " + cfg.preset, total=n, completed=trainer.iteration)
     for cb in callbacks:
         cb.on_loop_start(trainer)
     while trainer.iteration < n:
-        if flag.requested:
+        if trainer.dist.any(flag.requested):
             path = trainer.save_checkpoint()
+            if not trainer.dist.is_writer:
+                return False
             append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "interrupted", "iteration": trainer.iteration, "time": time.time()})
             ui.log(f"[yellow]interrupted: saved {path}; continue with `vapo train --resume {trainer.run_dir}`")
             return False
@@ -127,10 +141,11 @@ def _diverged(trainer: Trainer, e: DivergenceError) -> VapoError:
     """The run stops: keep the last finite weights in a checkpoint (the skipped steps left them
     untouched), log the event, and say what diverged and where the weights are."""
     ck = trainer.run_dir / "checkpoints" / f"step_{trainer.iteration}"
-    if not ck.is_dir():
+    if not trainer.dist.broadcast(ck.is_dir()):  # rank 0's view: every process takes part in the save, or none
         trainer.save_checkpoint()
-    append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "diverged", "iteration": trainer.iteration,
-                                                    "message": e.what, "time": time.time()})
+    if trainer.dist.is_writer:
+        append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "diverged", "iteration": trainer.iteration,
+                                                        "message": e.what, "time": time.time()})
     return VapoError(f"{e.what}. The run stopped; checkpoint {ck} holds its weights at iteration {trainer.iteration} "
                      "(finite: no skipped update was applied)", where=e.where, fix=e.fix)
 
@@ -158,6 +173,8 @@ def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None
 
     final = _evaluate(trainer, ui, sinks)
     trainer.save_checkpoint()
+    if not trainer.dist.is_writer:
+        return trainer.dist.broadcast(None)
     plots = make_plots(trainer.run_dir)
     evals = read_jsonl(trainer.run_dir / "eval.jsonl")
     first = {e["split"]: e for e in evals if e["iteration"] == 0}
@@ -181,7 +198,7 @@ def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if sinks is not None:
         sinks.log_summary(summary)
-    return summary
+    return trainer.dist.broadcast(summary)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -216,12 +233,13 @@ def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float,
             console.print(f"[yellow]interrupted during the warm start: `vapo train --resume {run_dir}` starts it over")
             return None
         if trainer.uses_critic:
-            trainer.critic.save_pretrained(run_dir / "checkpoints" / "critic_init")
+            trainer.save_models(run_dir / "checkpoints", critic_init=trainer.critic)
         _evaluate(trainer, ui, sinks)
         try:
             trainer.pretrain_value(ui, flag)
         except DivergenceError as e:  # no checkpoint exists yet: nothing to keep but the warm start's cache
-            append_jsonl(run_dir / "events.jsonl", {"phase": "diverged", "iteration": 0, "message": e.what, "time": time.time()})
+            if trainer.dist.is_writer:
+                append_jsonl(run_dir / "events.jsonl", {"phase": "diverged", "iteration": 0, "message": e.what, "time": time.time()})
             raise VapoError(f"value pretraining diverged: {e.what}", where=e.where,
                             fix="lower optim.critic_lr or optim.grad_clip, check the task's rewards, and start a new run") from None
         if flag.requested:
@@ -234,29 +252,41 @@ def _from_start(trainer: Trainer, callbacks: Sequence[Callback], t_start: float,
         return _finish(trainer, ui, t_start, sinks)
 
 
+def _writer_only(dist: distributed.Dist, make: Callable[[], Any]) -> Any:
+    """``make()`` on rank 0 (the run lock, the metric sinks: rank 0 alone writes and logs), on the
+    other processes a stand-in: no lock, and sinks that log nothing."""
+    return make() if dist.is_writer else contextlib.nullcontext(Sinks([]))
+
+
 def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
               callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
     """Create runs/<name>, warm-start, pretrain the critic, run RL, evaluate, plot, summarise.
 
     Everything that can be checked (config, run name, task options and data, model) is checked
     before the run directory exists: a bad invocation leaves nothing behind. The run directory is
-    locked for the life of the run (a second process on it is refused)."""
+    locked for the life of the run (a second process on it is refused). Under torchrun every
+    process runs this; rank 0 alone creates the run directory, holds the lock and logs to the
+    metric sinks (the evaluation, the critic probe and the summary are rank 0's, broadcast)."""
     check_trainable(cfg)
     check_callbacks(cfg, callbacks)
     validate_sinks(cfg)
+    dist = distributed.current()
+    cfg = _resolve_dist(cfg, dist)
+    progress = progress and dist.is_writer
     default = f"{cfg.preset}-{cfg.task.name.replace(':', '-')}-s{cfg.seed}"
-    planned = plan_run_dir(cfg.train.runs_dir, name, default)
-    trainer = Trainer(cfg, planned, progress=progress)  # builds the task: bad task options or data fail here
+    planned = dist.broadcast(plan_run_dir(cfg.train.runs_dir, name, default) if dist.is_writer else None)
+    trainer = Trainer(cfg, planned, progress=progress, dist=dist)  # builds the task: bad task options or data fail here
     validate_model(cfg, trainer.task)  # config.json and tokenizer, without the weights
-    run_dir = new_run_dir(cfg.train.runs_dir, name, default)
+    run_dir = dist.broadcast(new_run_dir(cfg.train.runs_dir, name, default) if dist.is_writer else None)
     trainer.run_dir = run_dir
-    with RunLock(run_dir), make_sinks(cfg, run_dir) as sinks:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        sinks.log_config(cfg.to_dict())
-        console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
-                      f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
+    with _writer_only(dist, lambda: RunLock(run_dir)), _writer_only(dist, lambda: make_sinks(cfg, run_dir)) as sinks:
+        if dist.is_writer:
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            sinks.log_config(cfg.to_dict())
+            console.print(f"[bold]vapo train[/]: preset {cfg.preset}, task {cfg.task.name}, model {cfg.model.path or cfg.model.size}, "
+                          f"{cfg.train.iterations} iterations × {cfg.rollout.prompts_per_iter} prompts × {cfg.rollout.group_size} answers → {run_dir}")
         summary = _from_start(trainer, callbacks, time.time(), sinks)
-    if summary is not None:
+    if summary is not None and dist.is_writer:
         print_summary(summary)
     return summary
 
@@ -285,6 +315,22 @@ def _set_aside(run_dir: Path, step: int, final: bool = False) -> None:
             append_jsonl(path, r)
 
 
+def _resolve_dist(cfg: Config, dist: distributed.Dist) -> Config:
+    """Refuse what does not run under torchrun yet; fix dist.rollout_streams (null: one stream per
+    process of this first launch) so that config.yaml records the run's streams."""
+    if dist.enabled and cfg.diagnose_every:
+        raise ConfigError("diagnose_every is not supported under torchrun (the probes sample from one process)",
+                          where="diagnose_every", fix="set diagnose_every=0, or run `vapo diagnose` on a checkpoint")
+    if cfg.dist.rollout_streams is None:
+        cfg = cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"rollout_streams": dist.world})})
+    dist.streams(cfg.dist.rollout_streams)  # refuses a count that does not split over the processes
+    if cfg.rollout.prompts_per_iter % cfg.dist.rollout_streams:
+        raise ConfigError(f"rollout.prompts_per_iter={cfg.rollout.prompts_per_iter} does not split into "
+                          f"{cfg.dist.rollout_streams} rollout streams", where="rollout.prompts_per_iter / dist.rollout_streams",
+                          fix=f"use a multiple of {cfg.dist.rollout_streams} prompts")
+    return cfg
+
+
 def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
     """Continue a run from its latest good checkpoint, exactly as if it had not stopped.
 
@@ -299,34 +345,43 @@ def resume_run(run_dir: Path, *, progress: bool = True, callbacks: Sequence[Call
     check_trainable(cfg, str(cfg_path))
     check_callbacks(cfg, callbacks)
     validate_sinks(cfg)
-    with RunLock(run_dir):
-        found = latest_good_checkpoint(run_dir, log=lambda line: console.print(f"[yellow]{line}"))
-        trainer = Trainer(cfg, run_dir, progress=progress)
+    dist = distributed.current()
+    cfg = _resolve_dist(cfg, dist)
+    progress = progress and dist.is_writer
+    writer = dist.is_writer
+    with _writer_only(dist, lambda: RunLock(run_dir)):
+        found = latest_good_checkpoint(run_dir, log=lambda line: console.print(f"[yellow]{line}") if writer else None)
+        trainer = Trainer(cfg, run_dir, progress=progress, dist=dist)
         t_start = time.time()
         if found is None:
             validate_model(cfg, trainer.task)
-            _set_aside(run_dir, -1)
-            console.print(f"[bold]vapo train --resume[/]: {run_dir} was stopped before its first checkpoint: "
-                          "starting it over from its config.yaml")
-            append_jsonl(run_dir / "events.jsonl", {"phase": "restart", "iteration": 0, "time": time.time()})
-            with make_sinks(cfg, run_dir) as sinks:
-                sinks.log_config(cfg.to_dict())
+            if writer:
+                _set_aside(run_dir, -1)
+                console.print(f"[bold]vapo train --resume[/]: {run_dir} was stopped before its first checkpoint: "
+                              "starting it over from its config.yaml")
+                append_jsonl(run_dir / "events.jsonl", {"phase": "restart", "iteration": 0, "time": time.time()})
+            dist.barrier()  # the logs are set aside before any process goes on
+            with _writer_only(dist, lambda: make_sinks(cfg, run_dir)) as sinks:
+                if writer:
+                    sinks.log_config(cfg.to_dict())
                 summary = _from_start(trainer, callbacks, t_start, sinks)
         else:
             step, ckpt, skipped = found
             if step >= cfg.train.iterations and (run_dir / "summary.json").is_file():
                 raise VapoError(f"{run_dir} already finished all {cfg.train.iterations} iterations", where="--resume",
                                 fix="start a new run (e.g. with more --iterations)")
-            _set_aside(run_dir, step, final=step >= cfg.train.iterations)
-            console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
-            append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time(),
-                                                    "skipped_checkpoints": {p.name: why for p, why in skipped}})
+            if writer:
+                _set_aside(run_dir, step, final=step >= cfg.train.iterations)
+                console.print(f"[bold]vapo train --resume[/]: {run_dir} from {ckpt.name} ({step}/{cfg.train.iterations} iterations)")
+                append_jsonl(run_dir / "events.jsonl", {"phase": "resume", "iteration": step, "time": time.time(),
+                                                        "skipped_checkpoints": {p.name: why for p, why in skipped}})
+            dist.barrier()  # the logs are set aside before any process goes on
             trainer.load_checkpoint(ckpt)
             with graceful_interrupts() as flag, progress_ui(progress) as ui, \
-                    make_sinks(cfg, run_dir, resume_step=step) as sinks:
+                    _writer_only(dist, lambda: make_sinks(cfg, run_dir, resume_step=step)) as sinks:
                 if not train_loop(trainer, ui, flag, callbacks, sinks):
                     return None
                 summary = _finish(trainer, ui, t_start, sinks)
-    if summary is not None:
+    if summary is not None and dist.is_writer:
         print_summary(summary)
     return summary

@@ -10,6 +10,10 @@ One iteration, :meth:`Trainer.iterate`, reads top to bottom as the stages of the
     update_actor       policy-loss steps (ppo_epochs × minibatches optimizer steps, each over micro-batches)
     iteration_metrics  one flat metrics row
 
+Under torchrun the stages run on every process; vapo.train.distributed says which share of the
+rollout streams and of each minibatch's micro-batches is this process's, and sums across processes
+(docs/distributed.md). In a single process those calls are the identity.
+
 Before RL: supervised warm start on task demonstrations (cached), then value pretraining of the
 critic on Monte-Carlo returns of the frozen warm-start policy, with its own stop rule (the
 critic's RMSE against Monte-Carlo values of a held-out probe has stopped improving). Config → algorithm arguments go through vapo.train.adapter only.
@@ -18,9 +22,11 @@ critic's RMSE against Monte-Carlo values of a held-out probe has stopped improvi
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +46,13 @@ from vapo.algos.losses import (
 )
 from vapo.algos.shaping import dynamic_sampling_keep
 from vapo.config import Config
+from vapo.errors import ConfigError, VapoError
 from vapo.tasks import sample_problems
 from vapo.train import adapter
 from vapo.train import checkpoint as ckpt
-from vapo.train.batch import Experience, Graphs, forward_rows, micro_batches
+from vapo.train.batch import Experience, Graphs, forward_rows
 from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
+from vapo.train.distributed import Dist, current, unsharded_copy
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
 from vapo.train.probe import ProbeSet, critic_at, critic_quality, draw_probe
 from vapo.train.rundir import append_jsonl
@@ -103,8 +111,25 @@ def _over_steps(stats: dict[str, list[float]]) -> dict[str, float]:
             for k, v in stats.items()}
 
 
+def _local_grads(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    """(name, parameter) pairs whose ``.grad`` is this process's part (the local shard of an FSDP2
+    DTensor gradient), for a check that runs without collectives (vapo.train.faults.grad_nonfinite)."""
+    out = []
+    for n, p in model.named_parameters():
+        g = p.grad
+        out.append((n, types.SimpleNamespace(grad=g.to_local() if hasattr(g, "to_local") else g)))
+    return out
+
+
 def _warmup_constant(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _stream(seed: int, k: int) -> tuple[random.Random, torch.Generator]:
+    """Rollout stream k: (prompt rng, sampling generator), seeded with seed + k·2³² (stream 0 is
+    the single-process run's)."""
+    s = seed + k * 2**32
+    return random.Random(s), torch.Generator().manual_seed(s + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,22 +138,28 @@ def _warmup_constant(warmup: int):
 class Trainer:
     """Owns the models, optimizers and random streams of one run directory."""
 
-    def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True):
+    def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, dist: Dist | None = None):
         from vapo.tasks import get_task
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.dist = dist or current()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = torch.device(cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = self.dist.device(cfg.train.device)
         self.task = get_task(cfg.task.name, **cfg.task.kwargs)
         self.settings = RewardSettings.from_config(cfg)
         # NaN/Inf guard per model: consecutive skipped optimizer steps (see _finish_step).
         self.bad_updates = {who: BadUpdateGuard(cfg.train.max_bad_updates) for who in ("actor", "critic")}
-        # Random streams, all checkpointed: prompts, sampling, minibatch shuffling.
-        self.prompt_rng = random.Random(cfg.seed)
-        self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        # Random streams, all checkpointed: prompts and sampling per rollout stream (this process's
+        # streams; one in a single process), minibatch shuffling (the same on every process).
+        self.n_streams = cfg.dist.rollout_streams or self.dist.world
+        if cfg.rollout.prompts_per_iter % self.n_streams:
+            raise ConfigError(f"rollout.prompts_per_iter={cfg.rollout.prompts_per_iter} does not split into "
+                              f"{self.n_streams} rollout streams", where="rollout.prompts_per_iter / dist.rollout_streams",
+                              fix=f"use a multiple of {self.n_streams} prompts")
+        self.streams = {k: _stream(cfg.seed, k) for k in self.dist.streams(self.n_streams)}
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.iteration = 0
         self.policy: Any = None
@@ -139,6 +170,16 @@ class Trainer:
         self.critic_opt: torch.optim.Optimizer | None = None
 
     # ---------------------------------------------------------------- set-up
+    @property
+    def prompt_rng(self) -> random.Random:
+        """The prompt stream of this process's first rollout stream (the only one in a single process)."""
+        return next(iter(self.streams.values()))[0]
+
+    @property
+    def sample_gen(self) -> torch.Generator:
+        """The sampling generator of this process's first rollout stream."""
+        return next(iter(self.streams.values()))[1]
+
     @property
     def uses_critic(self) -> bool:
         return self.cfg.algo.critic.enabled
@@ -158,13 +199,25 @@ class Trainer:
         from vapo.train.sft import warm_start
 
         torch.manual_seed(self.cfg.seed)
-        self.policy, self.tokenizer = warm_start(self.cfg, self.task, ui=ui, run_dir=self.run_dir, stop=stop, device=self.device)
+        if self.dist.is_writer:
+            self.policy, self.tokenizer = warm_start(self.cfg, self.task, ui=ui, run_dir=self.run_dir, stop=stop, device=self.device)
+        else:  # the architecture only: the weights are rank 0's warm start, broadcast below
+            cfg0 = self.cfg.model_copy(update={"sft": self.cfg.sft.model_copy(update={"steps": 0})})
+            self.policy, self.tokenizer = warm_start(cfg0, self.task, device=self.device)
         self.policy.to(self.device)
+        self.dist.broadcast_weights(self.policy)
         if self.uses_ref:
             self.ref_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.uses_critic:
             self.critic = build_critic(self.cfg, self.policy).to(self.device)
+        self._shard()
         self._make_optimizers()
+
+    def _shard(self) -> None:
+        """FSDP2 under torchrun (vapo.train.distributed.Dist.shard); nothing in a single process."""
+        for m in (self.policy, self.ref_policy, self.critic):
+            if m is not None:
+                self.dist.shard(m)
 
     def _make_optimizers(self) -> None:
         o = self.cfg.optim
@@ -197,27 +250,42 @@ class Trainer:
         return self.iteration_metrics(exp, gen_info, actor_stats, critic_stats, tm), exp
 
     # ---------------------------------------------------------------- stage 1: sample and score
-    def sample_and_score(self, n_prompts: int) -> Experience:
-        """``n_prompts`` training problems (the prompt stream), G answers each, scored."""
-        problems = sample_problems(self.task, self.prompt_rng, n_prompts, "train")
+    def sample_and_score(self, n_prompts: int, stream: int | None = None) -> Experience:
+        """``n_prompts`` training problems (from a rollout stream's prompts; default: this
+        process's first stream), G answers each, scored."""
+        prompt_rng, sample_gen = self.streams[next(iter(self.streams)) if stream is None else stream]
+        problems = sample_problems(self.task, prompt_rng, n_prompts, "train")
         self.policy.eval()
-        return rollout_and_score(self.policy, self.tokenizer, self.task, problems, self.settings,
-                                 generator=self.sample_gen, group_size=self.cfg.rollout.group_size)
+        with self.dist.full_params(self.policy):
+            return rollout_and_score(self.policy, self.tokenizer, self.task, problems, self.settings,
+                                     generator=sample_gen, group_size=self.cfg.rollout.group_size)
 
     def collect(self) -> tuple[Experience, dict[str, float]]:
-        """The iteration's batch; with dynamic sampling (DAPO), keep only groups with reward
-        variance and sample more rounds until the batch is full or max_rounds is hit."""
-        c = self.cfg
-        target = c.rollout.prompts_per_iter
-        if not c.algo.dynamic_sampling.enabled:
-            exp = self.sample_and_score(target)
+        """The iteration's global batch: each rollout stream fills its share of prompts_per_iter
+        (this process's streams here, the others on the other processes), and the shares are
+        gathered in stream order."""
+        share = self.cfg.rollout.prompts_per_iter // self.n_streams
+        mine = [self._collect_stream(share, k) for k in self.streams]
+        parts = [p for rank_parts in self.dist.gather(mine) for p in rank_parts]
+        exp = Experience.concat([e for e, _ in parts], self.tokenizer.pad_token_id)
+        if not self.cfg.algo.dynamic_sampling.enabled:
             zero = 1.0 - dynamic_sampling_keep(exp.scores, exp.group_index).float().mean().item()
             return exp, {"gen_rounds": 1, "zero_signal_frac": zero}
+        rounds, seen, dropped = (list(x) for x in zip(*(info for _, info in parts), strict=True))
+        return exp, {"gen_rounds": max(rounds), "zero_signal_frac": sum(dropped) / sum(seen)}
+
+    def _collect_stream(self, target: int, stream: int) -> tuple[Experience, tuple[int, int, int]]:
+        """``target`` groups from one rollout stream; with dynamic sampling (DAPO), keep only groups
+        with reward variance and sample more rounds until the share is full or max_rounds is hit.
+        Returns the experience and (rounds, groups seen, groups dropped)."""
+        c = self.cfg
+        if not c.algo.dynamic_sampling.enabled:
+            return self.sample_and_score(target, stream), (1, target, 0)
         kept: list[Experience] = []
         n_kept, rounds, seen, dropped = 0, 0, 0, 0
         G = c.rollout.group_size
         while n_kept < target and rounds < c.algo.dynamic_sampling.max_rounds:
-            exp = self.sample_and_score(target)
+            exp = self.sample_and_score(target, stream)
             rounds += 1
             keep = dynamic_sampling_keep(exp.scores, exp.group_index)
             seen += target
@@ -228,7 +296,7 @@ class Trainer:
                 n_kept += len(idx) // G
         if not kept:  # every group had zero signal: train on the last batch (zero advantages)
             kept = [exp]
-        return Experience.concat(kept, self.tokenizer.pad_token_id), {"gen_rounds": rounds, "zero_signal_frac": dropped / seen}
+        return Experience.concat(kept, self.tokenizer.pad_token_id), (rounds, seen, dropped)
 
     # ---------------------------------------------------------------- stage 2: forward passes
     def _logprobs(self, model: Any, *tensors: torch.Tensor) -> torch.Tensor:
@@ -238,8 +306,12 @@ class Trainer:
         return response_logprobs(model, *tensors, temperature=self.settings.temperature)[0]
 
     def _forward(self, fn: Any, model: Any, exp: Experience, keep_graphs: bool = False) -> tuple[torch.Tensor, Graphs | None]:
-        return forward_rows(fn, model, exp, device=self.device, max_tokens=self.cfg.optim.micro_batch_tokens,
-                            keep_graphs=keep_graphs)
+        """``fn`` over this process's micro-batches of ``exp``, summed over processes into [B, T]
+        (graphs, when kept, are this process's)."""
+        out, graphs = forward_rows(functools.partial(self.dist.forward, fn), model, exp, device=self.device,
+                                   max_tokens=self.cfg.optim.micro_batch_tokens,
+                                   keep_graphs=keep_graphs, micro_batches=self.dist.micro_batches)
+        return self.dist.all_reduce_sum(out), graphs
 
     @torch.no_grad()
     def forward_passes(self, exp: Experience) -> tuple[Experience, Graphs | None]:
@@ -335,12 +407,12 @@ class Trainer:
                 self.critic_opt.zero_grad(set_to_none=True)
                 acc = _StatSum()
                 bad: list[NonFinite] = []
-                parts = graphs if graphs is not None else [(rows, None) for rows in micro_batches(mb, o.micro_batch_tokens)]
+                parts = graphs if graphs is not None else [(rows, None) for rows in self.dist.micro_batches(mb, o.micro_batch_tokens)]
                 for rows, v in parts:
                     u = mb.select(rows)
                     mask = u.loss_mask.to(self.device)
                     if v is None:
-                        v = response_values(self.critic, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
+                        v = self.dist.forward(response_values, self.critic, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
                                             u.response_ids.to(self.device), u.response_mask.to(self.device))
                     loss, st = value_loss(v, u.values.to(self.device), u.returns.to(self.device), mask,
                                           clip_eps=c.critic.value_clip, weights=weights[rows, : mask.shape[1]].to(self.device))
@@ -349,7 +421,7 @@ class Trainer:
                     acc.add_sum(value_loss=loss)
                     acc.add_mean(float(mask.sum()), **st)
                 step = self._finish_step(self.critic_opt, self.critic_sched, self.critic, bad, "critic")
-                for k, val in {**acc.result(), **step}.items():
+                for k, val in {**self.dist.reduce_stats(acc), **step}.items():
                     stats.setdefault(k, []).append(val)
             graphs = None  # the kept graphs serve the first step only
         return _over_steps(stats)
@@ -380,12 +452,12 @@ class Trainer:
                 self.actor_opt.zero_grad(set_to_none=True)
                 acc = _StatSum()
                 bad: list[NonFinite] = []
-                for rows in micro_batches(mb, o.micro_batch_tokens):
+                for rows in self.dist.micro_batches(mb, o.micro_batch_tokens):
                     u = mb.select(rows)
                     mask = u.loss_mask.to(self.device)
                     w = weights[rows, : mask.shape[1]].to(self.device)
-                    logp, ent = response_logprobs(
-                        self.policy, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
+                    logp, ent = self.dist.forward(
+                        response_logprobs, self.policy, u.prompt_ids.to(self.device), u.prompt_mask.to(self.device),
                         u.response_ids.to(self.device), u.response_mask.to(self.device),
                         temperature=self.settings.temperature, with_entropy=True,
                     )
@@ -412,7 +484,7 @@ class Trainer:
                     if mask.any():
                         acc.add_min(ratio_min=(logp.detach() - old)[mask.bool()].exp().min())
                 step = self._finish_step(self.actor_opt, self.actor_sched, self.policy, bad, "actor")
-                for k, v in {**acc.result(), **step}.items():
+                for k, v in {**self.dist.reduce_stats(acc), **step}.items():
                     stats.setdefault(k, []).append(v)
         out = _over_steps(stats)
         out["actor_steps"] = len(stats["actor_grad_norm"])
@@ -427,18 +499,24 @@ class Trainer:
         line with the offending statistics; the ``train.max_bad_updates``-th consecutive skip of
         one model raises :class:`vapo.train.faults.DivergenceError`.
 
+        Under torchrun the decision is the same on every process: the findings of all processes
+        are gathered (and the gradient norm is the global one) before deciding.
+
         Returns the step's statistics: ``<who>_grad_norm`` (the norm before clipping; NaN/Inf when
         that is what stopped it) and ``<who>_skipped_frac`` (1.0 when skipped)."""
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
-        if not torch.isfinite(gn):
-            bad = bad + grad_nonfinite(model.named_parameters(), who)
+        gn = self.dist.clip_grad_norm(model, self.cfg.optim.grad_clip)  # the global norm on every process
+        if not math.isfinite(gn):
+            bad = bad + grad_nonfinite(_local_grads(model), who)
+        if self.dist.enabled:  # every process's findings, in rank order: all skip, or none
+            bad = [b for part in self.dist.gather(bad) for b in part]
         guard, where = self.bad_updates[who], f"{who} update"
         skip = bool(bad)
         if skip:  # no step: the weights, the Adam moments and the lr schedule stay as they were
             opt.zero_grad(set_to_none=True)
-            append_jsonl(self.run_dir / "events.jsonl", {
-                "phase": "skipped_update", "where": where, "iteration": self.iteration + 1,
-                "consecutive": guard.consecutive + 1, "nonfinite": [b.describe() for b in bad], "time": time.time()})
+            if self.dist.is_writer:
+                append_jsonl(self.run_dir / "events.jsonl", {
+                    "phase": "skipped_update", "where": where, "iteration": self.iteration + 1,
+                    "consecutive": guard.consecutive + 1, "nonfinite": [b.describe() for b in bad], "time": time.time()})
         else:
             opt.step()
             sched.step()
@@ -476,20 +554,33 @@ class Trainer:
         return m
 
     # ---------------------------------------------------------------- the critic probe
-    def draw_probe(self) -> ProbeSet:
+    def draw_probe(self) -> ProbeSet | None:
         """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
         at algo.critic.probe_positions. Its prompts and draws are fixed by the seed and the iteration
-        and use their own streams, so probing does not change what training samples."""
+        and use their own streams, so probing does not change what training samples.
+
+        Under torchrun rank 0 alone draws it (with the policy's full weights; the other processes
+        wait) and the others get None: the probe is only read by :meth:`probe_critic`, on rank 0."""
         cc = self.cfg.algo.critic
         self.policy.eval()
-        return draw_probe(self.policy, self.tokenizer, self.task, self.settings, answers=cc.probe_answers,
-                          positions=tuple(cc.probe_positions), continuations=cc.probe_continuations,
-                          seed=self.cfg.seed * 100_003 + self.iteration)
+        probe = None
+        with self.dist.full_params(self.policy):
+            if self.dist.is_writer:
+                probe = draw_probe(self.policy, self.tokenizer, self.task, self.settings, answers=cc.probe_answers,
+                                   positions=tuple(cc.probe_positions), continuations=cc.probe_continuations,
+                                   seed=self.cfg.seed * 100_003 + self.iteration)
+        return probe
 
-    def probe_critic(self, probe: ProbeSet, *, n_boot: int = 0) -> dict[str, Any]:
-        """The critic's figures on ``probe`` (vapo.train.probe.critic_quality): a critic forward only."""
-        v = critic_at(self.critic, probe, max_tokens=self.cfg.optim.micro_batch_tokens)
-        return critic_quality(v, probe, n_boot=n_boot, seed=self.cfg.seed)
+    def probe_critic(self, probe: ProbeSet | None, *, n_boot: int = 0) -> dict[str, Any]:
+        """The critic's figures on ``probe`` (vapo.train.probe.critic_quality): a critic forward only.
+        Under torchrun rank 0 computes them with the critic's full weights and every process gets
+        the same figures (a collective: every process calls this)."""
+        q: dict[str, Any] = {}
+        with self.dist.full_params(self.critic):
+            if self.dist.is_writer:
+                v = critic_at(self.critic, probe, max_tokens=self.cfg.optim.micro_batch_tokens)
+                q = critic_quality(v, probe, n_boot=n_boot, seed=self.cfg.seed)
+        return self.dist.broadcast(q)
 
     # ---------------------------------------------------------------- value pretraining
     def pretrain_value(self, ui: UI, flag: StopFlag) -> list[dict[str, Any]]:
@@ -517,7 +608,8 @@ class Trainer:
 
         def log(rec: dict[str, Any]) -> None:
             history.append(rec)
-            append_jsonl(self.run_dir / "events.jsonl", rec)
+            if self.dist.is_writer:
+                append_jsonl(self.run_dir / "events.jsonl", rec)
 
         q = self.probe_critic(probe)
         log({"phase": "value_pretrain", "step": 0, "gradient_steps": 0, "probe_seconds": probe_seconds, **q})
@@ -556,36 +648,61 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Optimizers (full state, in Optimizer.state_dict()'s format), schedulers and random
+        streams: the same on any number of processes (a collective under torchrun)."""
+        streams = [st for part in self.dist.gather([(k, rng.getstate(), gen.get_state()) for k, (rng, gen) in self.streams.items()])
+                   for st in part]
         s = {
             "iteration": self.iteration,
-            "actor_opt": self.actor_opt.state_dict(),
+            "actor_opt": self.dist.full_optimizer_state(self.policy, self.actor_opt),
             "actor_sched": self.actor_sched.state_dict(),
-            "prompt_rng": self.prompt_rng.getstate(),
-            "sample_gen": self.sample_gen.get_state(),
+            "prompt_rng": streams[0][1],
+            "sample_gen": streams[0][2],
+            "streams": [(rng, gen) for _, rng, gen in sorted(streams, key=lambda x: x[0])],
             "shuffle_gen": self.shuffle_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
         if self.uses_critic:
-            s["critic_opt"] = self.critic_opt.state_dict()
+            s["critic_opt"] = self.dist.full_optimizer_state(self.critic, self.critic_opt)
             s["critic_sched"] = self.critic_sched.state_dict()
         return s
+
+    def _full_models(self, **models: Any) -> dict[str, Any]:
+        """The models as plain (unsharded) modules, for saving: themselves in a single process;
+        under torchrun unsharded copies on rank 0 (the full weights gathered: a collective, every
+        process calls this) and {} on the others."""
+        if not self.dist.enabled:
+            return dict(models)
+        full = {name: self.dist.full_model_state(m) for name, m in models.items()}
+        return {name: unsharded_copy(m, full[name]) for name, m in models.items()} if self.dist.is_writer else {}
+
+    def save_models(self, directory: Path, **models: Any) -> None:
+        """``save_pretrained`` of each model into directory/<name>: under torchrun the full weights
+        are gathered and rank 0 writes them (a collective: every process calls this)."""
+        for name, m in self._full_models(**models).items():
+            m.save_pretrained(directory / name)
 
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step_<iteration> (models as safetensors, the rest as plain data read
         back with weights_only=True, a manifest of sizes and sha256 written last; see
-        vapo.train.checkpoint), then keep only the last ``train.keep_checkpoints``.
+        vapo.train.checkpoint), then keep only the last ``train.keep_checkpoints``. Under torchrun
+        every process takes part (the full weights and optimizer states are gathered) and rank 0
+        alone writes, in the one-process format; the others wait for it.
 
         Raises:
             CheckpointError: the write failed (e.g. a full disk); the previous checkpoints are intact.
         """
-        parts: dict[str, Any] = {"policy": (self.policy, self.tokenizer)}
-        if self.uses_critic:
-            parts["critic"] = self.critic
-        if self.uses_ref:
-            parts["ref_policy"] = self.ref_policy
-        final = ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.iteration}", parts, self.state_dict(),
-                                     step=self.iteration)
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        final = self.run_dir / "checkpoints" / f"step_{self.iteration}"
+        state = self.state_dict()  # a collective under torchrun
+        models = {"policy": self.policy, "critic": self.critic if self.uses_critic else None,
+                  "ref_policy": self.ref_policy if self.uses_ref else None}
+        full = self._full_models(**{k: m for k, m in models.items() if m is not None})
+        if self.dist.is_writer:
+            parts: dict[str, Any] = dict(full)
+            parts["policy"] = (full["policy"], self.tokenizer)
+            ckpt.save_checkpoint(final, parts, state, step=self.iteration)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        self.dist.barrier()
         return final
 
     def load_checkpoint(self, path: Path) -> None:
@@ -598,15 +715,21 @@ class Trainer:
             self.critic = Critic.from_pretrained(path / "critic").to(self.device)
         if self.uses_ref:
             self.ref_policy = load_policy(path / "ref_policy").to(self.device).requires_grad_(False)
+        self._shard()
         self._make_optimizers()
         self.iteration = s["iteration"]
-        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.dist.load_optimizer_state(self.policy, self.actor_opt, s["actor_opt"])
         self.actor_sched.load_state_dict(s["actor_sched"])
         if self.uses_critic:
-            self.critic_opt.load_state_dict(s["critic_opt"])
+            self.dist.load_optimizer_state(self.critic, self.critic_opt, s["critic_opt"])
             self.critic_sched.load_state_dict(s["critic_sched"])
-        self.prompt_rng.setstate(s["prompt_rng"])
-        self.sample_gen.set_state(s["sample_gen"])
+        streams = s.get("streams", [(s["prompt_rng"], s["sample_gen"])])
+        if len(streams) != self.n_streams:
+            raise VapoError(f"{path} holds {len(streams)} rollout streams, the config asks for {self.n_streams}",
+                            where="dist.rollout_streams", fix="resume with the run's own config")
+        for k, (rng, gen) in self.streams.items():
+            rng.setstate(streams[k][0])
+            gen.set_state(streams[k][1])
         self.shuffle_gen.set_state(s["shuffle_gen"])
         torch.set_rng_state(s["torch_rng"])
 

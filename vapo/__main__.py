@@ -1,0 +1,5 @@
+"""``python -m vapo`` (and ``torchrun ... -m vapo train``): the command line."""
+
+from vapo.cli import main
+
+main()
