@@ -287,7 +287,12 @@ def cell_overrides(cell: Cell) -> list[str]:
 
 def check_same_config(cell: Cell, saved: dict[str, Any], run_dir: Path) -> None:
     """A finished or resumable cell must have run the config the grid asks for now."""
-    diffs = config_differences(saved, cell.config.to_dict())
+    want = cell.config.to_dict()
+    # dist.rollout_streams null means "the number of processes at first launch", which the run
+    # writes into its config.yaml: a resolved value is the same config.
+    if want.get("dist", {}).get("rollout_streams") is None and "rollout_streams" in saved.get("dist", {}):
+        want["dist"]["rollout_streams"] = saved["dist"]["rollout_streams"]
+    diffs = config_differences(saved, want)
     if diffs:
         raise VapoError(f"cell {cell.name} in {run_dir} ran a different config than the grid now asks for: "
                         + "; ".join(diffs[:5]) + (" …" if len(diffs) > 5 else ""),
