@@ -119,3 +119,44 @@ def test_reports_are_written_and_escaped(fake, tmp_path):
     assert "| vapo |" in md and "Spearman" in md and "(vapo-s0/r.html)" in md
     j = json.loads(paths["json"].read_text())
     assert j["variants"]["vapo"]["heldout"]["mean"] == pytest.approx(0.82)
+
+
+def test_size_buckets():
+    from vapo.compare.aggregate import bucket_sizes, size_key
+
+    few = bucket_sizes({"2", "3", "10"})
+    assert few == [("2", ["2"]), ("3", ["3"]), ("10", ["10"])]  # few sizes: one column each, numeric order
+    many = bucket_sizes({str(n) for n in range(4, 65)})  # repeat_add's training sizes
+    assert len(many) == 6 and [m for _, ms in many for m in ms] == [str(n) for n in range(4, 65)]
+    assert many[0] == ("4–14", [str(n) for n in range(4, 15)]) and many[-1][0] == "55–64"  # width 61 / 6
+    assert sorted([lab for lab, _ in many][::-1], key=size_key) == [lab for lab, _ in many]
+
+
+def test_bucket_accuracy_is_the_mean_over_its_sizes(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "a.yaml", "- vapo\n- dapo\n"))
+    out = tmp_path / "out"
+    for c in grid.cells:
+        _fake_run(out / c.name, c.config.to_yaml(), 0.8)
+        s = json.loads((out / c.name / "summary.json").read_text())
+        s["final_by_size"]["heldout"] = {str(n): (0.5 if n < 15 else 1.0) for n in range(4, 65)}
+        (out / c.name / "summary.json").write_text(json.dumps(s))
+    plans = plan_cells(grid, out)
+    res = aggregate(grid, plans)
+    b = res["variants"]["vapo"]["by_size"]["heldout"]
+    assert list(b)[0] == "4–14" and b["4–14"]["mean"] == pytest.approx(0.5) and b["55–64"]["mean"] == pytest.approx(1.0)
+    assert len(b) == 6
+
+
+def test_threshold_skips_a_collapsed_baseline(tmp_path):
+    # ppo collapses (0.6 → 0.2): its final accuracy is below every warm start, so it cannot be the threshold
+    finals = {"vapo": 0.80, "dapo": 0.70, "ppo": 0.20}
+    grid = load_grid(write_grid(tmp_path / "a.yaml", "".join(f"- {v}\n" for v in finals)))
+    out = tmp_path / "out"
+    for c in grid.cells:
+        _fake_run(out / c.name, c.config.to_yaml(), finals[c.variant.name] + 0.01 * c.seed, warm=0.6)
+    res = aggregate(grid, plan_cells(grid, out))
+    assert res["variants"]["ppo"]["collapses"] == 2
+    assert res["threshold"]["value"] == pytest.approx(0.705)
+    assert "dapo" in res["threshold"]["source"] and "ppo collapsed" in res["threshold"]["source"]
+    # with ppo's 0.205 every variant would "reach" it at iteration 0 (warm start 0.6)
+    assert 0 not in res["variants"]["vapo"]["steps_to_threshold"]["values"]

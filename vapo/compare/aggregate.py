@@ -90,6 +90,35 @@ def cell_record(plan: CellPlan, threshold: float | None = None) -> dict[str, Any
     return rec
 
 
+MAX_SIZE_COLUMNS = 8  # more distinct problem sizes than this are grouped into SIZE_BUCKETS ranges
+SIZE_BUCKETS = 6
+
+
+def size_key(label: str) -> int:
+    """Sort key of a size label: "7", or a bucket "4–13" (its first size)."""
+    return int(str(label).split("–")[0])
+
+
+def bucket_sizes(sizes: set[str]) -> list[tuple[str, list[str]]]:
+    """(label, member sizes) per column: every size when there are few, else SIZE_BUCKETS ranges
+    of equal width over the sizes present (e.g. repeat_add's 4..64), labelled "lo–hi"."""
+    ordered = sorted(sizes, key=int)
+    if len(ordered) <= MAX_SIZE_COLUMNS:
+        return [(s, [s]) for s in ordered]
+    lo, hi = int(ordered[0]), int(ordered[-1])
+    width = (hi - lo + 1) / SIZE_BUCKETS
+    groups: dict[int, list[str]] = {}
+    for s in ordered:
+        groups.setdefault(min(SIZE_BUCKETS - 1, int((int(s) - lo) / width)), []).append(s)
+    return [(f"{m[0]}–{m[-1]}" if len(m) > 1 else m[0], m) for _, m in sorted(groups.items())]
+
+
+def _bucket_mean(acc_by_size: dict[str, float], members: list[str]) -> float | None:
+    """A seed's accuracy over a bucket: the mean over the bucket's sizes it was evaluated on."""
+    vals = [acc_by_size[s] for s in members if s in acc_by_size and _finite(acc_by_size[s])]
+    return sum(vals) / len(vals) if vals else None
+
+
 def reach(rec: dict[str, Any], threshold: float) -> tuple[int | None, int | None]:
     """(iteration, answers sampled) at the first held-out evaluation with accuracy ≥ threshold."""
     for it, acc in rec["curve_heldout"]:
@@ -152,19 +181,30 @@ def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | 
     def final_mean(name: str) -> float | None:
         return mean_ci([r["final"].get("heldout") for r in fin[name]])["mean"]
 
+    def collapsed(name: str) -> bool:
+        return any(r["collapse"] for r in fin[name])
+
     if grid.threshold is not None:
         threshold, source = grid.threshold, "set in the grid file"
     else:
+        # A collapsed baseline ends below its warm start, so every variant would "reach" its final
+        # accuracy at iteration 0: the weakest baseline that did not collapse sets the threshold.
         base = [(final_mean(v.name), v.name) for v in grid.variants if v.preset in BASELINE_PRESETS]
         base = [b for b in base if b[0] is not None]
-        if base:
-            threshold, who = min(base)
-            source = f"final held-out accuracy of the weakest baseline, {who}"
+        held = [b for b in base if not collapsed(b[1])]
+        skipped = sorted(n for _, n in base if collapsed(n))
+        note = f" ({', '.join(skipped)} collapsed: not used)" if skipped and held else ""
+        if held or base:
+            threshold, who = min(held or base)
+            source = f"final held-out accuracy of the weakest baseline, {who}{note}"
         else:
             allv = [(final_mean(v.name), v.name) for v in grid.variants]
             allv = [b for b in allv if b[0] is not None]
             threshold, who = min(allv) if allv else (None, None)
             source = f"no baseline preset in the grid: final held-out accuracy of the weakest variant, {who}"
+
+    size_buckets = {split: bucket_sizes({s for rs in fin.values() for r in rs for s in r["final_by_size"].get(split, {})})
+                    for split in ("heldout", "long")}
 
     dapo = next((v.name for v in grid.variants if v.name == "dapo"), None) or next(
         (v.name for v in grid.variants if v.preset == "dapo" and v.paper == "dapo"), None)
@@ -175,10 +215,9 @@ def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | 
         per_seed_reach = [reach(r, threshold) if threshold is not None else (None, None) for r in fs]
         steps = [s for s, _ in per_seed_reach if s is not None]
         samp = [s for _, s in per_seed_reach if s is not None]
-        by_size: dict[str, dict[str, Any]] = {}
-        for split in ("heldout", "long"):
-            sizes = sorted({s for r in fs for s in r["final_by_size"].get(split, {})}, key=int)
-            by_size[split] = {s: mean_ci([r["final_by_size"][split].get(s) for r in fs]) for s in sizes}
+        by_size = {split: {label: mean_ci([_bucket_mean(r["final_by_size"].get(split, {}), members) for r in fs])
+                           for label, members in size_buckets[split]}
+                   for split in ("heldout", "long")}
         diag_dir = diagnostics.get(v.name)
         diag = json.loads((diag_dir / "diagnostics.json").read_text()) if diag_dir else None
         variants[v.name] = {

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vapo.compare.stats import fmt_ci
+from vapo.compare.aggregate import size_key
 
 
 def _json_safe(x: Any) -> Any:
@@ -142,7 +143,7 @@ def make_plots(res: dict[str, Any]) -> dict[str, bytes]:
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
     names = list(res["variants"])
     for ax, split in zip(axes, ("heldout", "long"), strict=True):
-        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=int)
+        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=size_key)
         w = 0.8 / max(1, len(names))
         for i, n in enumerate(names):
             d = res["variants"][n]["by_size"][split]
@@ -187,7 +188,7 @@ def _sections(res: dict[str, Any], link_base: Path) -> dict[str, Any]:
     var = [[r[k] for k, _ in COLUMNS] for r in variant_rows(res)]
     size_tables = []
     for split in ("heldout", "long"):
-        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=int)
+        sizes = sorted({s for v in res["variants"].values() for s in v["by_size"][split]}, key=size_key)
         rows = [[n] + [_pct(v["by_size"][split].get(s)) for s in sizes] for n, v in res["variants"].items()]
         size_tables.append((split, ["variant"] + [f"size {s}" for s in sizes], rows))
     pairs = [[p["a"], p["b"], fmt_ci(p["heldout"]["diff"], 100, 1), _sep(p["heldout"]["separated"]),
