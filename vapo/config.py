@@ -74,11 +74,11 @@ class CriticConfig(_Section):
     enabled: bool = Field(True, description="train a critic (False for critic-free presets: grpo, dr_grpo, dapo)")
     pretrain_steps: int = Field(50, ge=0, description="cap on value-pretraining rounds before RL (each round collects one batch and makes pretrain_epochs passes over it; 0 = none; VC-PPO §4)")
     pretrain_min_steps: int = Field(3, ge=0, description="value pretraining runs at least this many rounds")
-    pretrain_patience: int = Field(3, ge=1, description="stop value pretraining after this many rounds in a row without a new best RMSE against the Monte-Carlo probe values (the critic with the best RMSE is kept)")
+    pretrain_patience: int = Field(6, ge=1, description="stop value pretraining after this many rounds in a row without a new best RMSE against the Monte-Carlo probe values (the critic with the best RMSE is kept)")
     pretrain_tol: float = Field(0.01, ge=0.0, description="relative RMSE improvement that counts as a new best in the stop rule")
     head_init: Literal["zero", "random"] = Field("zero", description="value-head initialisation: zero (V ≡ 0 before value pretraining) or PyTorch's default random Linear init")
     surprise_input: bool = Field(True, description="the critic also reads, for each token, a learned embedding of the bucket of the warm-start policy's probability of it (a frozen copy; one extra no-grad forward per critic forward): on a sloppy-teacher task a slip is a low-probability token, see docs/training.md")
-    pretrain_epochs: int = Field(4, ge=1, description="critic passes over each value-pretraining batch")
+    pretrain_epochs: int = Field(8, ge=1, description="critic passes over each value-pretraining batch")
     pretrain_minibatch_size: int = Field(64, ge=1, description="answers per critic step in value pretraining (a batch of prompts_per_iter × group_size answers gives that ÷ this steps per pass)")
     probe_answers: int = Field(128, ge=1, description="held-out answers of the critic's Monte-Carlo probe (one per prompt, sampled from the policy)")
     probe_positions: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="relative positions ρ in each probe answer whose state values are estimated")
@@ -157,7 +157,7 @@ class RolloutConfig(_Section):
 
 class OptimConfig(_Section):
     actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; on the micro model 3e-4 stalled and 1e-3 collapsed, see docs/training.md)")
-    critic_lr: float = Field(1e-3, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
+    critic_lr: float = Field(3e-3, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
     warmup_steps: int = Field(5, ge=0, description="lr warm-up in optimizer steps")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW β1 (momentum) of actor and critic")
