@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vapo.compare.stats import fmt_ci
 from vapo.compare.aggregate import size_key
+from vapo.compare.stats import fmt_ci
 
 
 def _json_safe(x: Any) -> Any:
