@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def print_terminal(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Redirected to a file (a log, CI), rich would squeeze the 12 columns into 80 characters.
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     thr = res["threshold"]
     t = Table(title=f"vapo compare {res['name']}{' (--quick)' if res['quick'] else ''}: "
                     f"threshold {_num(thr['value'], '{:.3f}')} ({thr['source']})")
