@@ -186,11 +186,13 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="output directory: one run directory per cell, reports (default runs/<grid>)")] = None,
     no_diagnose: Annotated[bool, typer.Option("--no-diagnose", help="skip `vapo diagnose` on one seed per variant")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for every cell, after the grid's base and quick and before each variant's own set (repeatable), e.g. --set train.device=cuda")] = None,
 ) -> None:
     """Run a grid of presets and ablations × seeds and compare them with 95% CIs, beside the papers' numbers."""
     from vapo.compare.cli import run_compare
 
-    if run_compare(grid, jobs=jobs, quick=quick, out=out, diagnose=not no_diagnose, progress=not quiet) is None:
+    if run_compare(grid, jobs=jobs, quick=quick, out=out, diagnose=not no_diagnose, progress=not quiet,
+                   extra_set=set_ or ()) is None:
         raise typer.Exit(130)
 
 

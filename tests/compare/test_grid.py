@@ -81,6 +81,27 @@ def test_overrides_reach_the_cell_config(tmp_path):
     assert [c.name for c in grid.cells][:2] == ["a-s3", "a-s4"]
 
 
+def test_command_line_set_reaches_every_cell_but_not_over_a_variants_own(tmp_path):
+    path = write_grid(tmp_path / "g.yaml", "- name: a\n  preset: vapo\n  set: {algo.advantage.alpha: 0.05}\n- dapo\n")
+    g = load_grid(path, extra_set=["algo.advantage.alpha=0.2", "eval.prompts=16", "train.iterations=3"])
+    cells = {c.name: c.config for c in g.cells}
+    assert cells["a-s0"].algo.advantage.alpha == 0.05  # the variant's own set wins
+    assert cells["dapo-s1"].algo.advantage.alpha == 0.2 and all(c.eval.prompts == 16 for c in cells.values())
+    assert all(c.train.iterations == 3 for c in cells.values())  # after the grid's base (2)
+    assert g.extra_set == ("algo.advantage.alpha=0.2", "eval.prompts=16", "train.iterations=3")
+
+
+def test_command_line_set_errors_before_anything(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "- vapo\n")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="--set 'train.device' is not of the form key=value"):
+        run_compare(grid, out=out, progress=False, extra_set=["train.device"])
+    with pytest.raises(ConfigError) as e:
+        run_compare(grid, out=out, progress=False, extra_set=["optim.actor_lr=-1"])
+    assert "actor_lr" in str(e.value) and "--set optim.actor_lr=-1" in str(e.value)
+    assert not out.exists()
+
+
 def test_quick_defaults(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("seeds: [0, 1, 2]\nbase: {train.iterations: 100}\nvariants: [vapo]\n")
@@ -108,7 +129,7 @@ def test_ablation_grid_is_the_papers_table():
     g = load_grid(ROOT / "examples" / "ablation.yaml")
     from vapo.compare.paper import ABLATIONS
 
-    assert {v.paper for v in g.variants} == {"vapo", "dapo", "ppo", *(a for a, _ in ABLATIONS)}
+    assert {v.paper for v in g.variants} == {"vapo", "dapo", "grpo", "ppo", *(a for a, _ in ABLATIONS)}
 
 
 def test_lambda_grid_variants():
@@ -117,3 +138,14 @@ def test_lambda_grid_variants():
     assert [adv[n].alpha for n in ("alpha_0.05_paper", "alpha_0.01_theory", "alpha_0.5_default")] == [0.05, 0.01, 0.5]
     assert adv["fixed_0.95"].lam_actor == 0.95 and adv["lambda_1"].lam_actor == 1.0
     assert adv["gae_error_aware"].estimator == "gae_error_aware" and adv["gae_mc_anchored"].estimator == "gae_mc_anchored"
+
+
+def test_cli_set_is_passed_through_and_a_bad_one_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from vapo.cli import app
+
+    grid = write_grid(tmp_path / "g.yaml", "- vapo\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["compare", grid, "--out", str(out), "--set", "eval.prompts=0"])
+    assert res.exit_code == 2 and "eval.prompts" in res.output and not out.exists()

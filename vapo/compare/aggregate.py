@@ -283,7 +283,7 @@ def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | 
 
     return {
         "grid": str(grid.path), "name": grid.name, "description": grid.description, "quick": grid.quick,
-        "quick_note": grid.quick_note, "seeds": grid.seeds, "budget": grid.budget,
+        "quick_note": grid.quick_note, "extra_set": list(grid.extra_set), "seeds": grid.seeds, "budget": grid.budget,
         "threshold": {"value": threshold, "source": source},
         "collapse_rule": f"NaN in metrics, or final held-out accuracy more than {COLLAPSE_DROP:.2f} below the warm start's",
         "dapo_variant": dapo, "vapo_variant": ref,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ def default_out(grid_name: str, quick: bool) -> Path:
 
 
 def run_compare(grid_path: str | Path, *, jobs: int = 1, quick: bool = False, out: str | Path | None = None,
-                diagnose: bool = True, progress: bool = True) -> dict[str, Any] | None:
+                diagnose: bool = True, progress: bool = True, extra_set: Sequence[str] = ()) -> dict[str, Any] | None:
     """Run (or continue) a grid and write its reports; returns the results, or None when interrupted.
 
     Every cell's config is validated before any directory is created or any cell starts."""
@@ -29,12 +30,13 @@ def run_compare(grid_path: str | Path, *, jobs: int = 1, quick: bool = False, ou
 
     if jobs < 1:
         raise VapoError(f"--jobs must be ≥ 1, got {jobs}", where="vapo compare --jobs", fix="pass --jobs 1 or more")
-    grid = load_grid(grid_path, quick=quick)
+    grid = load_grid(grid_path, quick=quick, extra_set=extra_set)
     out = Path(out) if out is not None else default_out(grid.name, quick)
     n_seeds = len(grid.seeds)
     console.print(f"[bold]vapo compare[/] {grid.path}: {len(grid.variants)} variants × {n_seeds} seed"
                   f"{'s' if n_seeds != 1 else ''} = {len(grid.cells)} cells, {jobs} at a time → {out}"
-                  + (f"\n{grid.quick_note}" if quick else ""))
+                  + (f"\n{grid.quick_note}" if quick else "")
+                  + (f"\n--set for every cell: {' '.join(grid.extra_set)}" if grid.extra_set else ""))
     plans, complete = run_cells(grid, out, jobs=jobs, progress=progress)
     if not complete:
         console.print("[yellow]interrupted: running cells saved a checkpoint; run the same command again to continue "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Grid:
     diagnose: bool
     quick_note: str = ""
     budget: dict[str, Any] = field(default_factory=dict)
+    extra_set: tuple[str, ...] = ()  # `vapo compare --set` overrides, applied to every cell
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -181,8 +183,12 @@ def check_names(cfg: Config) -> None:
     get_task(cfg.task.name, **cfg.task.kwargs)
 
 
-def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
-    """Parse and validate a grid file; every cell's config is resolved here (nothing runs)."""
+def load_grid(path: str | Path, *, quick: bool = False, extra_set: Sequence[str] = ()) -> Grid:
+    """Parse and validate a grid file; every cell's config is resolved here (nothing runs).
+
+    ``extra_set`` ('key=value' strings, from ``vapo compare --set``) apply to every cell after the
+    grid's ``base`` and ``quick.set`` and before each variant's own ``set`` (a variant keeps what
+    defines it)."""
     grid = Path(path)
     if not grid.is_file():
         raise ConfigError(f"grid file not found: {grid}", where="vapo compare GRID",
@@ -194,6 +200,11 @@ def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
         raise _err(grid, f"grid name {name!r} has characters other than letters, digits, '.', '_' and '-'", "name")
     seeds = _seeds(data.get("seeds", [0, 1, 2]), grid, "seeds")
     base = _overrides(data.get("base"), grid, "base")
+    extra = list(extra_set)
+    bad = next((e for e in extra if not isinstance(e, str) or "=" not in e or e.startswith("=")), None)
+    if bad is not None:
+        raise ConfigError(f"--set {bad!r} is not of the form key=value", where="vapo compare --set",
+                          fix="write e.g. --set train.device=cuda")
     common_file = _file(data.get("config"), grid, "config")
     threshold = data.get("threshold")
     if threshold is not None and not (isinstance(threshold, int | float) and 0 <= threshold <= 1):
@@ -242,11 +253,11 @@ def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
         vfile = _file(raw.get("config"), grid, f"{where}.config") if "config" in raw else common_file
         if quick_set is None:  # default quick budget: from the full budget of the first variant
             try:
-                full = resolve_config(preset, vfile, [*base, *vset])
+                full = resolve_config(preset, vfile, [*base, *extra, *vset])
             except VapoError as e:
                 raise _err(grid, f"variant {vname!r}: {e.what}", where, e.fix or "") from None
             quick_set = _default_quick(full.train.iterations)
-        overrides = (*base, *quick_set, *vset)
+        overrides = (*base, *quick_set, *extra, *vset)
         paper = raw.get("paper", preset if not vset and vfile == common_file else None)
         v = Variant(vname, preset, tuple(overrides), vfile, None if paper is None else str(paper))
         variants.append(v)
@@ -255,8 +266,8 @@ def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
                 cfg = resolve_config(preset, vfile, [*overrides, f"seed={seed}"])
                 check_names(cfg)
             except VapoError as e:
-                raise _err(grid, f"variant {vname!r}: {e.what}" + (f" ({e.where})" if e.where else ""), where,
-                           e.fix or "") from None
+                raise _err(grid, f"variant {vname!r}: {e.what}" + (f" ({e.where})" if e.where else "")
+                           + (f"; with --set {' '.join(extra)}" if extra else ""), where, e.fix or "") from None
             cells.append(Cell(v, seed, cfg))
     if quick:
         quick_note += "; overrides " + " ".join(quick_set or [])
@@ -277,7 +288,8 @@ def load_grid(path: str | Path, *, quick: bool = False) -> Grid:
     # warm starts are computed once per seed and cached; the rest of the seed's cells reuse them).
     return Grid(path=grid, name=name, description=str(data.get("description", "")), seeds=seeds, variants=variants,
                 cells=cells, quick=quick, threshold=None if threshold is None else float(threshold), diagnose=diagnose,
-                quick_note=quick_note, budget={"answers_per_run": sorted(set(budgets.values()))})
+                quick_note=quick_note, budget={"answers_per_run": sorted(set(budgets.values()))},
+                extra_set=tuple(extra))
 
 
 def cell_overrides(cell: Cell) -> list[str]:

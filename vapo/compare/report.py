@@ -219,6 +219,8 @@ def _intro(res: dict[str, Any]) -> list[str]:
              f"{', '.join(map(str, res['budget'].get('answers_per_run', [])))} trained answers per run."]
     if res["quick"]:
         lines.append(f"**Reduced budget** ({res['quick_note']}): a first look, not a result.")
+    if res.get("extra_set"):
+        lines.append("Command-line overrides for every cell: `--set " + "` `--set ".join(res["extra_set"]) + "`.")
     lines.append(f"Threshold for steps/answers-to-threshold: {_num(thr['value'], '{:.3f}')} ({thr['source']}). "
                  f"Collapse: {res['collapse_rule']}. Critic EV vs MC: from summary.json `critic_quality` when the "
                  "trainer records it, else from `vapo diagnose` on one seed, else n/a.")
