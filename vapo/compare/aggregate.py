@@ -131,20 +131,22 @@ def reach(rec: dict[str, Any], threshold: float) -> tuple[int | None, int | None
 
 
 def _ev_mc(cq: Any, diag: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Critic EV against Monte-Carlo values: summary.json critic_quality when the trainer wrote it,
-    else the diagnosed checkpoint's (vapo diagnose, section 1), else None."""
-    if isinstance(cq, dict):
-        ev = cq.get("explained_variance", cq.get("ev"))
-        if isinstance(ev, dict) and _finite(ev.get("value")):
-            return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"), "source": "summary.json critic_quality"}
-        if _finite(ev):
-            return {"value": float(ev), "lo": None, "hi": None, "source": "summary.json critic_quality"}
+    """Critic EV against Monte-Carlo values. The diagnosed final checkpoint's (vapo diagnose,
+    section 1) comes first: it is measured the same way for every variant, after RL. Else
+    summary.json's critic_quality (the end of value pretraining, before RL), else None."""
     if diag and diag.get("has_critic"):
         overall = (((diag.get("critic") or {}).get("current") or {}).get("overall")) or {}
         ev = overall.get("explained_variance")
         if isinstance(ev, dict) and _finite(ev.get("value")):
             return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
                     "source": f"vapo diagnose (step {diag.get('step')}, one seed)"}
+    if isinstance(cq, dict):
+        ev = cq.get("explained_variance", cq.get("ev_vs_mc"))
+        if isinstance(ev, dict) and _finite(ev.get("value")):
+            return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
+                    "source": "summary.json critic_quality (end of value pretraining)"}
+        if _finite(ev):
+            return {"value": float(ev), "lo": None, "hi": None, "source": "summary.json critic_quality (end of value pretraining)"}
     return None
 
 

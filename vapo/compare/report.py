@@ -222,8 +222,9 @@ def _intro(res: dict[str, Any]) -> list[str]:
     if res.get("extra_set"):
         lines.append("Command-line overrides for every cell: `--set " + "` `--set ".join(res["extra_set"]) + "`.")
     lines.append(f"Threshold for steps/answers-to-threshold: {_num(thr['value'], '{:.3f}')} ({thr['source']}). "
-                 f"Collapse: {res['collapse_rule']}. Critic EV vs MC: from summary.json `critic_quality` when the "
-                 "trainer records it, else from `vapo diagnose` on one seed, else n/a.")
+                 f"Collapse: {res['collapse_rule']}. Critic EV vs MC: `vapo diagnose` of one seed's final "
+                 "checkpoint (after RL, the same measurement for every variant), else summary.json `critic_quality` "
+                 "(`ev_vs_mc` at the end of value pretraining), else n/a.")
     return lines
 
 
