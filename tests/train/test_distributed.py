@@ -46,6 +46,10 @@ def _overrides(runs: Path) -> list[str]:
         # two PPO steps per rollout (the second one's ratios differ from 1: ratio_min / ratio_max are
         # reduced over processes) and the critic probe during RL (rank 0's, broadcast) every iteration
         "optim.minibatches=2", "algo.critic.probe_every=1",
+        # Adam moves a weight by ~lr whatever the size of its gradient, so where a gradient is near 0
+        # its float32 summation-order difference between 1 and 2 processes shows up as up to ~lr × that
+        # relative difference in the weight: the 1e-6 weight bound below is for steps of 1e-3
+        "optim.critic_lr=1e-3",
     ]
 
 
