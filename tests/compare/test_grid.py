@@ -94,7 +94,7 @@ def test_command_line_set_reaches_every_cell_but_not_over_a_variants_own(tmp_pat
 def test_command_line_set_errors_before_anything(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "- vapo\n")
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match="--set 'train.device' is not of the form key=value"):
+    with pytest.raises(ConfigError, match="override 'train.device' is not of the form key=value"):
         run_compare(grid, out=out, progress=False, extra_set=["train.device"])
     with pytest.raises(ConfigError) as e:
         run_compare(grid, out=out, progress=False, extra_set=["optim.actor_lr=-1"])

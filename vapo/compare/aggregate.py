@@ -140,13 +140,10 @@ def _ev_mc(cq: Any, diag: dict[str, Any] | None) -> dict[str, Any] | None:
         if isinstance(ev, dict) and _finite(ev.get("value")):
             return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
                     "source": f"vapo diagnose (step {diag.get('step')}, one seed)"}
-    if isinstance(cq, dict):
-        ev = cq.get("explained_variance", cq.get("ev_vs_mc"))
-        if isinstance(ev, dict) and _finite(ev.get("value")):
-            return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
-                    "source": "summary.json critic_quality (end of value pretraining)"}
-        if _finite(ev):
-            return {"value": float(ev), "lo": None, "hi": None, "source": "summary.json critic_quality (end of value pretraining)"}
+    ev = cq.get("ev_vs_mc") if isinstance(cq, dict) else None  # the trainer writes {value, lo, hi}
+    if isinstance(ev, dict) and _finite(ev.get("value")):
+        return {"value": ev["value"], "lo": ev.get("lo"), "hi": ev.get("hi"),
+                "source": "summary.json critic_quality (end of value pretraining)"}
     return None
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vapo.config import Config, load_yaml, resolve_config
+from vapo.config import Config, apply_overrides, load_yaml, resolve_config
 from vapo.errors import ConfigError, VapoError, did_you_mean
 
 GRID_KEYS = ("name", "description", "seeds", "config", "base", "quick", "threshold", "equal_budget", "variants", "diagnose")
@@ -201,10 +201,7 @@ def load_grid(path: str | Path, *, quick: bool = False, extra_set: Sequence[str]
     seeds = _seeds(data.get("seeds", [0, 1, 2]), grid, "seeds")
     base = _overrides(data.get("base"), grid, "base")
     extra = list(extra_set)
-    bad = next((e for e in extra if not isinstance(e, str) or "=" not in e or e.startswith("=")), None)
-    if bad is not None:
-        raise ConfigError(f"--set {bad!r} is not of the form key=value", where="vapo compare --set",
-                          fix="write e.g. --set train.device=cuda")
+    apply_overrides({}, extra)  # their form (key=value), checked once before any variant names them
     common_file = _file(data.get("config"), grid, "config")
     threshold = data.get("threshold")
     if threshold is not None and not (isinstance(threshold, int | float) and 0 <= threshold <= 1):
