@@ -94,3 +94,62 @@ def agg_ref(loss_mat, mask, mode, norm_len=None):
         total = sum(lm[i][t] for i in range(b) for t in range(t_len) if m[i][t])
         return total / (b * (norm_len if norm_len is not None else t_len))
     raise ValueError(mode)
+
+
+def cov_ref(logp, adv, mask):
+    """Token covariance terms (A_i - mean A)(logp_i - mean logp) over real tokens; 0 elsewhere."""
+    lp, a, m = _f(logp), _f(adv), mask.bool().tolist()
+    real = [(i, t) for i in range(len(m)) for t in range(len(m[i])) if m[i][t]]
+    if not real:
+        return [[0.0] * len(row) for row in m]
+    ma = sum(a[i][t] for i, t in real) / len(real)
+    ml = sum(lp[i][t] for i, t in real) / len(real)
+    out = [[0.0] * len(row) for row in m]
+    for i, t in real:
+        out[i][t] = (a[i][t] - ma) * (lp[i][t] - ml)
+    return out
+
+
+def clip_cov_ref(logp, old, adv, mask, eps_low, eps_high, ratio, lb, ub, seed):
+    """Per-token loss matrix of Clip-Cov; the random draw is torch.randperm(#candidates) from a
+    generator seeded with `seed`, over candidates in row-major order (the draw is the input)."""
+    lp, ol, a, m = _f(logp), _f(old), _f(adv), mask.bool().tolist()
+    cov = cov_ref(logp, adv, mask)
+    n_real = sum(sum(row) for row in m)
+    loss = [[0.0] * len(row) for row in m]
+    cand = []
+    for i in range(len(m)):
+        for t in range(len(m[i])):
+            if not m[i][t]:
+                continue
+            rho = math.exp(lp[i][t] - ol[i][t])
+            l1 = -a[i][t] * rho
+            l2 = -a[i][t] * min(max(rho, 1 - eps_low), 1 + eps_high)
+            loss[i][t] = max(l1, l2)
+            if not l2 > l1 and lb < cov[i][t] < ub:
+                cand.append((i, t))
+    n_clip = max(int(ratio * n_real), 1)
+    chosen = []
+    if cand:
+        perm = torch.randperm(len(cand), generator=torch.Generator().manual_seed(seed)).tolist()
+        chosen = [cand[j] for j in perm[: min(n_clip, len(cand))]]
+    for i, t in chosen:
+        loss[i][t] = 0.0
+    return torch.tensor(loss, dtype=torch.float64).reshape(mask.shape), len(chosen), len(cand)
+
+
+def kl_cov_ref(logp, old, adv, mask, ratio, coef):
+    """Per-token loss matrix of KL-Cov: -rho A everywhere, + coef |log rho| on the top-k covariance tokens."""
+    lp, ol, a, m = _f(logp), _f(old), _f(adv), mask.bool().tolist()
+    cov = cov_ref(logp, adv, mask)
+    real = [(i, t) for i in range(len(m)) for t in range(len(m[i])) if m[i][t]]
+    loss = [[0.0] * len(row) for row in m]
+    for i, t in real:
+        loss[i][t] = -a[i][t] * math.exp(lp[i][t] - ol[i][t])
+    top = []
+    if real:
+        k = max(1, int(len(real) * ratio))
+        top = sorted(real, key=lambda it: cov[it[0]][it[1]], reverse=True)[:k]
+        for i, t in top:
+            loss[i][t] += coef * abs(lp[i][t] - ol[i][t])
+    return torch.tensor(loss, dtype=torch.float64).reshape(mask.shape), len(top)

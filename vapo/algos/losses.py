@@ -1,5 +1,6 @@
-"""Losses and masked reductions: clipped policy loss (clip-higher, dual-clip), clipped value
-loss, positive-example NLL, KL estimators, entropy, and the loss-aggregation modes.
+"""Losses and masked reductions: clipped policy loss (clip-higher, dual-clip), the
+covariance-based entropy-control losses Clip-Cov and KL-Cov, clipped value loss,
+positive-example NLL, KL estimators, entropy, and the loss-aggregation modes.
 
 Formulas, defaults and sources: docs/algorithms.md. Token tensors are ``[B, T]`` with a
 ``response_mask`` in {0, 1}; every reduction reads only real tokens (masked positions are
@@ -31,7 +32,10 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss_clip",
+    "policy_loss_clip_cov",
+    "policy_loss_kl_cov",
     "positive_nll_loss",
+    "token_covariance",
     "register_loss_agg_mode",
     "register_policy_loss",
     "token_weights",
@@ -285,8 +289,210 @@ def policy_loss_clip(
             "dual_clipfrac": masked_mean(dual_active.to(r.dtype), mask),
             "approx_kl": masked_mean((r - 1) - log_ratio.detach(), mask),
             "ratio_mean": masked_mean(r, mask),
-            "ratio_max": torch.where(mask, r, torch.full_like(r, -torch.inf)).max()
-            if mask.any() else torch.zeros((), dtype=r.dtype),
+            "ratio_max": _masked_max(r, mask),
+            **_covariance_stats(logprobs, adv, mask),
+        }
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Covariance-based entropy control: Clip-Cov and KL-Cov (arXiv 2505.22617), as verl's
+# loss_mode=clip_cov / kl_cov (docs/algorithms.md, "Covariance-based entropy control")
+# --------------------------------------------------------------------------------------------
+
+
+def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Largest x over real positions (0-d); 0 when there are none."""
+    if not mask.any():
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(mask, x, torch.full_like(x, -torch.inf)).max()
+
+
+def token_covariance(logprobs: torch.Tensor, advantages: torch.Tensor,
+                     response_mask: torch.Tensor) -> torch.Tensor:
+    """Each real token's contribution to the covariance of log-probability and advantage over
+    the batch's real tokens (arXiv 2505.22617 eq. 11; verl's ``cov_all``):
+
+        Cov_i = (log pi(y_i) - mean_j log pi(y_j)) * (A_i - mean_j A_j)
+
+    The means run over the real tokens of the whole [B, T] input; the masked mean of Cov_i is
+    the covariance itself. Detached. logprobs, advantages, response_mask: [B, T].
+    Returns [B, T] (dtype of logprobs), 0 at masked positions."""
+    mask = response_mask.bool()
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    lp = torch.where(mask, logprobs.detach(), zero)
+    adv = torch.where(mask, advantages.detach().to(logprobs.dtype), zero)
+    cov = (adv - masked_mean(adv, mask)) * (lp - masked_mean(lp, mask))
+    return torch.where(mask, cov, zero)
+
+
+def _covariance_stats(logprobs: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """cov_mean: the covariance of log pi and A over the real tokens; cov_max: its largest token
+    term (every policy loss reports both, so entropy control can be compared with and without)."""
+    cov = token_covariance(logprobs, adv, mask)
+    return {"cov_mean": masked_mean(cov, mask), "cov_max": _masked_max(cov, mask)}
+
+
+def _check_cov_fraction(name: str, value: float, where: str) -> None:
+    if not 0 < value <= 1:
+        raise VapoError(f"{name} must be in (0, 1], got {value}", where=where,
+                        fix=f"use e.g. {name}=0.0002 (verl's default)")
+
+
+@register_policy_loss("clip_cov")
+def policy_loss_clip_cov(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    clip_cov_ratio: float,
+    clip_cov_lb: float,
+    clip_cov_ub: float,
+    generator: torch.Generator | None = None,
+    agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clip-Cov (arXiv 2505.22617 §4; verl ``compute_policy_loss_clip_cov``): the PPO clipped
+    surrogate (clip-higher, no dual clip), with the policy-gradient term of a few
+    high-covariance tokens removed.
+
+    Candidates: real tokens that the ratio clip leaves unclipped and whose covariance term
+    (:func:`token_covariance`) lies strictly inside (clip_cov_lb, clip_cov_ub). Of these,
+    n = min(#candidates, max(1, floor(clip_cov_ratio * #real tokens))) are drawn uniformly
+    at random (``torch.randperm`` over the candidates in row-major order, from ``generator``
+    or the global generator, as verl) and their loss term is multiplied by 0 (no gradient).
+
+    Args:
+        logprobs: [B, T] (carries the gradient). old_logprobs, advantages: [B, T] constants.
+        response_mask: [B, T]. eps_low, eps_high: the ratio clip range.
+        clip_cov_ratio: fraction of real tokens to detach, in (0, 1] (verl: 2e-4).
+        clip_cov_lb, clip_cov_ub: the covariance band (verl: 1, 5).
+        generator: torch.Generator for the random draw (None: the global one).
+        agg_mode, agg_kwargs: see `token_weights`.
+    Returns:
+        (loss, stats): the ppo_clip statistics (dual_clipfrac 0) plus cov_clipfrac (fraction
+        of real tokens detached; verl's pg_clipfrac here) and cov_band_frac (fraction of real
+        tokens that were candidates).
+    """
+    where = "policy_loss_clip_cov"
+    _check_same_shape(where, response_mask, logprobs=logprobs, old_logprobs=old_logprobs,
+                      advantages=advantages)
+    if not (0 <= eps_low < 1 and eps_high >= 0):
+        raise VapoError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}",
+                        where=where, fix="use e.g. eps_low=0.2, eps_high=0.28")
+    _check_cov_fraction("clip_cov_ratio", clip_cov_ratio, where)
+    if not clip_cov_lb < clip_cov_ub:
+        raise VapoError(f"need clip_cov_lb < clip_cov_ub, got {clip_cov_lb} and {clip_cov_ub}",
+                        where=where, fix="use e.g. clip_cov_lb=1.0, clip_cov_ub=5.0 (verl's defaults)")
+    mask = response_mask.bool()
+    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    with torch.no_grad():
+        cov = token_covariance(logprobs, adv, mask)
+        clip_by_origin = (clipped > unclipped) & mask
+        band = mask & ~clip_by_origin & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+        n_clip = max(int(clip_cov_ratio * int(mask.sum())), 1)
+        idx = torch.nonzero(band)  # row-major, as verl
+        if len(idx):
+            perm = torch.randperm(len(idx), generator=generator)
+            idx = idx[perm[: min(n_clip, len(idx))].to(idx.device)]
+        keep = torch.ones_like(logprobs)
+        keep[idx[:, 0], idx[:, 1]] = 0
+    loss_mat = torch.maximum(unclipped, clipped) * keep
+    loss = aggregate_loss(loss_mat, response_mask, agg_mode, **agg_kwargs)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        stats = {
+            "clipfrac_low": masked_mean(((adv < 0) & (r < 1 - eps_low)).to(r.dtype), mask),
+            "clipfrac_high": masked_mean(((adv > 0) & (r > 1 + eps_high)).to(r.dtype), mask),
+            "dual_clipfrac": torch.zeros((), dtype=r.dtype, device=r.device),
+            "approx_kl": masked_mean((r - 1) - log_ratio.detach(), mask),
+            "ratio_mean": masked_mean(r, mask),
+            "ratio_max": _masked_max(r, mask),
+            "cov_mean": masked_mean(cov, mask),
+            "cov_max": _masked_max(cov, mask),
+            "cov_clipfrac": masked_mean((keep == 0).to(r.dtype), mask),
+            "cov_band_frac": masked_mean(band.to(r.dtype), mask),
+        }
+    return loss, stats
+
+
+@register_policy_loss("kl_cov")
+def policy_loss_kl_cov(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    kl_cov_ratio: float,
+    kl_cov_coef: float,
+    agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL-Cov (arXiv 2505.22617 §4; verl ``compute_policy_loss_kl_cov``): the *unclipped*
+    policy-gradient surrogate -rho_t A_t on every real token, plus a penalty
+    kl_cov_coef * |log rho_t| on the k = max(1, floor(kl_cov_ratio * #real tokens)) tokens
+    with the largest covariance term (:func:`token_covariance`):
+
+        L_t = -rho_t A_t + [t in top-k] * beta * |log pi(o_t) - log pi_old(o_t)|
+
+    As in verl there is no ratio clip in this mode (the penalty takes its place).
+
+    Args:
+        logprobs: [B, T] (carries the gradient). old_logprobs, advantages: [B, T] constants.
+        response_mask: [B, T]. kl_cov_ratio: fraction of real tokens penalised, in (0, 1]
+        (verl: 2e-4; the paper also uses 2e-3). kl_cov_coef: beta >= 0 (verl's ppo_kl_coef, 1).
+        agg_mode, agg_kwargs: see `token_weights`.
+    Returns:
+        (loss, stats): approx_kl, ratio_mean, ratio_max, cov_mean, cov_max, cov_klfrac
+        (fraction of real tokens penalised), kl_abs (masked mean |log rho|, verl's ppo_kl here);
+        clipfrac_low / clipfrac_high / dual_clipfrac are 0 (no clipping).
+    """
+    where = "policy_loss_kl_cov"
+    _check_same_shape(where, response_mask, logprobs=logprobs, old_logprobs=old_logprobs,
+                      advantages=advantages)
+    _check_cov_fraction("kl_cov_ratio", kl_cov_ratio, where)
+    if not kl_cov_coef >= 0:
+        raise VapoError(f"kl_cov_coef must be >= 0, got {kl_cov_coef}", where=where,
+                        fix="use kl_cov_coef=1.0 (verl's ppo_kl_coef)")
+    mask = response_mask.bool()
+    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    pg = -adv * ratio
+    with torch.no_grad():
+        cov = token_covariance(logprobs, adv, mask)
+        flat_real = torch.nonzero(mask.reshape(-1)).squeeze(-1)
+        selected = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+        if len(flat_real):
+            k = max(1, int(len(flat_real) * kl_cov_ratio))
+            top = torch.topk(cov.reshape(-1)[flat_real], k, largest=True).indices
+            selected[flat_real[top]] = True
+        selected = selected.reshape(mask.shape)
+    loss_mat = torch.where(selected, pg + kl_cov_coef * log_ratio.abs(), pg)
+    loss = aggregate_loss(loss_mat, response_mask, agg_mode, **agg_kwargs)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        zero = torch.zeros((), dtype=r.dtype, device=r.device)
+        stats = {
+            "clipfrac_low": zero,
+            "clipfrac_high": zero,
+            "dual_clipfrac": zero,
+            "approx_kl": masked_mean((r - 1) - log_ratio.detach(), mask),
+            "ratio_mean": masked_mean(r, mask),
+            "ratio_max": _masked_max(r, mask),
+            "cov_mean": masked_mean(cov, mask),
+            "cov_max": _masked_max(cov, mask),
+            "cov_klfrac": masked_mean(selected.to(r.dtype), mask),
+            "kl_abs": masked_mean(log_ratio.detach().abs(), mask),
         }
     return loss, stats
 
