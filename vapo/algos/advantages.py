@@ -401,6 +401,8 @@ class AdvantageInput:
     scores: [B] scalar reward per response (group estimators); None -> the masked sum of
         token_rewards (as verl's GRPO does).
     group_index: [B] int group id per response (group estimators).
+    mc_points: [B, T] in {0, 1}, the positions whose ``values`` are Monte-Carlo estimates
+        (the "vine" estimator, vapo.algos.pathways), or None.
     """
 
     token_rewards: torch.Tensor
@@ -408,6 +410,7 @@ class AdvantageInput:
     values: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     group_index: torch.Tensor | None = None
+    mc_points: torch.Tensor | None = None
 
 
 @dataclass(kw_only=True)

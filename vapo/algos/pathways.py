@@ -34,7 +34,23 @@ name exactly like "gae" or "grpo":
     [0, 1] (default 1.0), ``anchor_profile`` in {"linear", "constant", "prompt"}
     (default "linear").
 
-Both are pure functions over ``[B, T]`` tensors with a response mask; masked positions hold
+Two more act on the *values* the advantages are computed from:
+
+``"vine"``
+    VinePPO (arXiv 2410.01679): no critic. The trainer estimates V^π by Monte-Carlo at a few
+    points of each answer (K continuations each, vapo.train.mc_values); ``inp.values`` holds
+    those values filled piecewise-constant from the latest point (:func:`fill_mc_values`) and
+    ``inp.mc_points`` marks the points. Knob ``params.extra["vine_credit"]``: "segment"
+    (default, VinePPO's own: every token of the segment [p_j, p_{j+1}) gets
+    r + V̂(p_{j+1}) − V̂(p_j), :func:`vine_advantages`) or "gae" (GAE with ``lam_actor`` over the
+    filled values).
+
+Critic weighted by its quality (EVPO arXiv 2604.19485, V0.5 arXiv 2603.10848)
+    :func:`blend_advantages` mixes the critic's advantages with the group-mean baseline's,
+    w·A_critic + (1 − w)·(R − mean_g R), with w = :func:`critic_weight` of the critic's
+    explained variance against Monte-Carlo values (:func:`ev_against_mc`).
+
+All are pure functions over ``[B, T]`` tensors with a response mask; masked positions hold
 0 in every output, as for :func:`vapo.algos.advantages.masked_gae`.
 """
 
@@ -49,6 +65,7 @@ from vapo.algos.advantages import (
     AdvantageOutput,
     AdvantageParams,
     adaptive_lambda,
+    dr_grpo_advantages,
     masked_gae,
     register_advantage_estimator,
 )
@@ -57,11 +74,20 @@ from vapo.errors import VapoError
 
 DEFAULT_LAMBDA_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(21))
 ANCHOR_PROFILES = ("linear", "constant", "prompt")
+VINE_CREDITS = ("segment", "gae")
 
 __all__ = [
     "ANCHOR_PROFILES",
     "DEFAULT_LAMBDA_GRID",
+    "VINE_CREDITS",
     "anchor_values",
+    "blend_advantages",
+    "check_mc_points",
+    "critic_weight",
+    "ev_against_mc",
+    "fill_mc_values",
+    "mc_value_targets",
+    "vine_advantages",
     "distance_from_end",
     "error_aware_lambda",
     "estimate_noise_var",
@@ -466,3 +492,220 @@ def gae_mc_anchored(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
     _, ret = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=params.lam_critic)
     return AdvantageOutput(advantages=adv, returns=ret)
+
+
+# ---------------------------------------------------------------------------------------
+# Pathway C: Monte-Carlo values at a few points of each answer (VinePPO)
+# ---------------------------------------------------------------------------------------
+
+
+def check_mc_points(point_mask: torch.Tensor, response_mask: torch.Tensor, where: str = "mc_points") -> None:
+    """Raise a VapoError unless ``point_mask`` marks real positions only and every non-empty
+    row has a point at its first real position (the prompt state, so that every token has a
+    latest point at or before it).
+
+    Args:
+        point_mask: ``[B, T]`` bool/int/float in {0, 1}: positions t whose state value V^π(s_t)
+            was estimated by Monte-Carlo.
+        response_mask: ``[B, T]`` in {0, 1}.
+    """
+    if not isinstance(point_mask, torch.Tensor) or point_mask.shape != response_mask.shape:
+        shape = tuple(point_mask.shape) if isinstance(point_mask, torch.Tensor) else type(point_mask).__name__
+        raise VapoError(f"mc_points has shape {shape}, response_mask {tuple(response_mask.shape)}", where=where,
+                        fix="pass a [B, T] mask of the Monte-Carlo points, shaped like response_mask")
+    pm, m = point_mask.bool(), response_mask.bool()
+    if bool((pm & ~m).any()):
+        raise VapoError("a Monte-Carlo point lies on a masked (padding) position", where=where,
+                        fix="place points at real response positions only")
+    n_t = distance_from_end(response_mask)
+    first = (n_t == m.sum(dim=1, keepdim=True).to(n_t.dtype)) & m
+    if bool((first & ~pm).any()):
+        raise VapoError("a response has no Monte-Carlo point at its first real position", where=where,
+                        fix="always estimate the value of the prompt state (t = 0) as one of the points")
+
+
+def _point_links(point_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each position t: ``prev`` = the latest point ≤ t (−1 if none) and ``nxt`` = the first
+    point ≥ t (T if none), both ``[B, T]`` long."""
+    b, t_len = point_mask.shape
+    pos = torch.arange(t_len, device=point_mask.device).expand(b, t_len)
+    pm = point_mask.bool()
+    prev = torch.cummax(torch.where(pm, pos, -1), dim=1).values
+    nxt = torch.flip(torch.cummin(torch.flip(torch.where(pm, pos, t_len), dims=[1]), dim=1).values, dims=[1])
+    return prev, nxt
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """[B, T] → [B, T + 1] with a 0 column at index T (the terminal state: value 0, no reward left)."""
+    return torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+
+
+def fill_mc_values(values: torch.Tensor, point_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Values between Monte-Carlo points: piecewise-constant from the latest point (VinePPO gives
+    every token of a reasoning step the value of the step's first state).
+
+    Args:
+        values: ``[B, T]`` float; only the entries at points are read (V̂ of those states).
+        point_mask: ``[B, T]`` in {0, 1}, checked by :func:`check_mc_points`.
+        response_mask: ``[B, T]`` in {0, 1}.
+    Returns:
+        ``[B, T]`` in values' dtype: out[i, t] = values[i, p] for the latest point p ≤ t of row i
+        (so out = values at every point), 0 at masked positions.
+    """
+    check_mc_points(point_mask, response_mask, "fill_mc_values")
+    prev, _ = _point_links(point_mask)
+    v = _padded(torch.where(point_mask.bool(), values, 0.0))
+    return torch.where(response_mask.bool(), v.gather(1, prev.clamp(min=0)), 0.0)
+
+
+def _reward_to_go(token_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T + 1] float64: W_t = Σ_{k ≥ t} r_k over real tokens, W_T = 0."""
+    r = torch.where(response_mask.bool(), token_rewards.to(torch.float64), 0.0)
+    return _padded(torch.flip(torch.cumsum(torch.flip(r, dims=[1]), dim=1), dims=[1]))
+
+
+def mc_value_targets(token_rewards: torch.Tensor, values: torch.Tensor, point_mask: torch.Tensor,
+                     response_mask: torch.Tensor) -> torch.Tensor:
+    """Regression targets for the critic from Monte-Carlo points (γ = 1): the return up to the
+    first point at or after t, bootstrapped there on its Monte-Carlo value,
+
+        y_t = Σ_{t ≤ k < q} r_k + V̂(s_q),   q = the first point ≥ t  (after the last point: the
+              end of the answer, V = 0, so y_t is the Monte-Carlo return G_t),
+
+    so y_t = V̂(s_t) at a point. With on-policy answers and unbiased V̂, E[y_t | s_t] = V^π(s_t)
+    (the path from t to q is a sample of π), and y has the variance of the reward-to-go up to q
+    plus V̂'s sampling noise, not that of the final outcome.
+
+    Args:
+        token_rewards: ``[B, T]`` rewards (masked entries ignored).
+        values: ``[B, T]`` float; only the entries at points are read.
+        point_mask, response_mask: ``[B, T]`` in {0, 1} (:func:`check_mc_points`).
+    Returns:
+        ``[B, T]`` in values' dtype, 0 at masked positions.
+    """
+    check_mc_points(point_mask, response_mask, "mc_value_targets")
+    _, nxt = _point_links(point_mask)
+    w = _reward_to_go(token_rewards, response_mask)
+    v = _padded(torch.where(point_mask.bool(), values.to(torch.float64), 0.0))
+    y = w[:, :-1] - w.gather(1, nxt) + v.gather(1, nxt)
+    return torch.where(response_mask.bool(), y, 0.0).to(values.dtype)
+
+
+def vine_advantages(token_rewards: torch.Tensor, values: torch.Tensor, point_mask: torch.Tensor,
+                    response_mask: torch.Tensor) -> torch.Tensor:
+    """VinePPO's credit (arXiv 2410.01679, eq. 6-7; its step advantage r + V̂(s_{j+1}) − V̂(s_j)):
+    the points p_0 < p_1 < ... cut each answer into segments, and every token t of the segment
+    [p_j, p_{j+1}) gets
+
+        A_t = Σ_{p_j ≤ k < p_{j+1}} r_k + V̂(s_{p_{j+1}}) − V̂(s_{p_j}),
+
+    with V̂ after the end = 0 (the last segment's A is its rewards, i.e. the outcome, minus V̂ of
+    its first state). Equal to one-step TD over segments (GAE with λ = 0 at segment level).
+
+    Args, shapes: as :func:`mc_value_targets`. Returns ``[B, T]`` in values' dtype, 0 at masked positions.
+    """
+    check_mc_points(point_mask, response_mask, "vine_advantages")
+    prev, nxt = _point_links(point_mask)
+    t_len = point_mask.shape[1]
+    nxt_strict = torch.cat([nxt[:, 1:], torch.full_like(nxt[:, :1], t_len)], dim=1)  # first point > t
+    w = _reward_to_go(token_rewards, response_mask)
+    v = _padded(torch.where(point_mask.bool(), values.to(torch.float64), 0.0))
+    seg = w[:, :-1] - w.gather(1, nxt_strict) + v.gather(1, nxt_strict) - v[:, :-1]  # valid at points
+    adv = _padded(torch.where(point_mask.bool(), seg, 0.0)).gather(1, prev.clamp(min=0))
+    return torch.where(response_mask.bool(), adv, 0.0).to(values.dtype)
+
+
+@register_advantage_estimator("vine")
+def vine(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+    """Monte-Carlo values instead of a critic (registered as "vine"; VinePPO).
+
+    ``inp.values``: ``[B, T]`` Monte-Carlo values, read at ``inp.mc_points`` (``[B, T]``, a point
+    at each answer's first position). ``params.extra["vine_credit"]``: "segment" →
+    :func:`vine_advantages`; "gae" → masked GAE (γ = ``params.gamma``, λ = ``params.lam_actor``,
+    None → length-adaptive) over :func:`fill_mc_values`. Returns: advantages ``[B, T]``; no
+    critic returns (None).
+    """
+    credit = str((params.extra or {}).get("vine_credit", "segment"))
+    if credit not in VINE_CREDITS:
+        raise VapoError(f"unknown vine_credit {credit!r}", where="algo.advantage.extra.vine_credit",
+                        fix=f"use one of: {', '.join(VINE_CREDITS)}")
+    points = getattr(inp, "mc_points", None)
+    if inp.values is None or points is None:
+        raise VapoError("the 'vine' estimator needs Monte-Carlo values and their points (AdvantageInput.values, "
+                        ".mc_points)", where="vapo.algos.pathways.vine",
+                        fix="let the trainer draw them (algo.mc_values), or choose 'gae'/'grpo'")
+    if credit == "segment":
+        if float(params.gamma) != 1.0:
+            raise VapoError(f"vine_credit 'segment' assumes γ = 1, got {params.gamma}", where="algo.advantage.gamma",
+                            fix="set algo.advantage.gamma=1.0 (Monte-Carlo values are undiscounted)")
+        return AdvantageOutput(vine_advantages(inp.token_rewards, inp.values, points, inp.response_mask), None)
+    v = fill_mc_values(inp.values, points, inp.response_mask)
+    if params.lam_actor is None:
+        lengths = inp.response_mask.to(torch.float64).sum(dim=1).clamp(min=1.0)
+        lam: float | torch.Tensor = adaptive_lambda(lengths, alpha=params.alpha)
+    else:
+        lam = params.lam_actor
+    adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
+    return AdvantageOutput(adv, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Pathway D: the critic weighted by its measured quality (EVPO, V0.5)
+# ---------------------------------------------------------------------------------------
+
+
+def ev_against_mc(pred: torch.Tensor, mc: torch.Tensor, mc_var: torch.Tensor) -> torch.Tensor:
+    """Explained variance of Monte-Carlo values by the critic, corrected for the MC noise:
+
+        EV = 1 − (Var(V̂ − v) − σ̄²) / (Var(V̂) − σ̄²),   σ̄² = mean of the MC estimates' variances,
+
+    (population variances; the noise of V̂ is independent of v given the state, so σ̄² is taken out
+    of both), the same figure as ``ev_vs_mc`` of vapo.train.probe.
+
+    Args:
+        pred: ``[K]`` the critic's values at K states; mc: ``[K]`` their Monte-Carlo values V̂;
+        mc_var: ``[K]`` ≥ 0, the variance of each V̂ (s²/K continuations).
+    Returns:
+        0-d float64 tensor; NaN when Var(V̂) ≤ σ̄² (no variance left to explain) or K = 0.
+    """
+    p, y, s2 = (x.to(torch.float64).reshape(-1) for x in (pred, mc, mc_var))
+    if not (p.shape == y.shape == s2.shape):
+        raise VapoError(f"pred {tuple(p.shape)}, mc {tuple(y.shape)} and mc_var {tuple(s2.shape)} must be [K] each",
+                        where="vapo.algos.pathways.ev_against_mc", fix="pass one entry per Monte-Carlo state")
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    if p.numel() == 0:
+        return nan
+    noise = s2.mean()
+    var_y = y.var(unbiased=False) - noise
+    if not bool(var_y > 0):
+        return nan
+    return 1.0 - ((y - p).var(unbiased=False) - noise) / var_y
+
+
+def critic_weight(ev: float | torch.Tensor) -> float:
+    """The critic's weight w = clamp(EV, 0, 1); NaN (nothing measured or nothing to explain) → 0,
+    i.e. the group-mean baseline."""
+    x = float(ev)
+    return 0.0 if x != x else min(max(x, 0.0), 1.0)
+
+
+def blend_advantages(critic_advantages: torch.Tensor, scores: torch.Tensor, group_index: torch.Tensor,
+                     response_mask: torch.Tensor, weight: float) -> torch.Tensor:
+    """w·A_critic + (1 − w)·(R − mean_g R): a useless critic (w = 0) leaves Dr. GRPO's group-mean
+    baseline (no std division, so both terms are in reward units), a perfect one (w = 1) leaves
+    the critic's advantages unchanged.
+
+    Args:
+        critic_advantages: ``[B, T]`` advantages from the critic (e.g. VAPO's GAE).
+        scores: ``[B]`` outcome rewards; group_index: ``[B]`` int group ids; response_mask: ``[B, T]``.
+        weight: w in [0, 1].
+    Returns:
+        ``[B, T]`` in critic_advantages' dtype, 0 at masked positions.
+    """
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise VapoError(f"blend weight must be in [0, 1], got {weight!r}", where="vapo.algos.pathways.blend_advantages",
+                        fix="clamp it with critic_weight()")
+    base = dr_grpo_advantages(scores, group_index, response_mask).to(torch.float64)
+    out = w * critic_advantages.to(torch.float64) + (1.0 - w) * base
+    return torch.where(response_mask.bool(), out, 0.0).to(critic_advantages.dtype)

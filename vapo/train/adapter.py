@@ -55,17 +55,18 @@ def token_rewards(algo: AlgoConfig, scores: torch.Tensor, response_mask: torch.T
 
 def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
                        values: torch.Tensor | None, scores: torch.Tensor,
-                       group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       group_index: torch.Tensor,
+                       mc_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Advantages [B, T] and critic returns [B, T] (None for critic-free estimators) of the
     configured estimator, whitened over the batch's tokens when ``algo.advantage.whiten``.
 
     Args: rewards [B, T] token rewards; response_mask [B, T]; values [B, T] or None; scores [B];
-    group_index [B].
+    group_index [B]; mc_points [B, T] (the positions of Monte-Carlo values, "vine") or None.
     """
     a = algo.advantage
     out = get_advantage_estimator(a.estimator)(
         AdvantageInput(token_rewards=rewards, response_mask=response_mask, values=values, scores=scores,
-                       group_index=group_index),
+                       group_index=group_index, mc_points=mc_points),
         advantage_params(a),
     )
     adv = masked_whiten(out.advantages, response_mask) * response_mask if a.whiten else out.advantages
