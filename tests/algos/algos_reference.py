@@ -153,3 +153,40 @@ def kl_cov_ref(logp, old, adv, mask, ratio, coef):
         for i, t in top:
             loss[i][t] += coef * abs(lp[i][t] - ol[i][t])
     return torch.tensor(loss, dtype=torch.float64).reshape(mask.shape), len(top)
+
+
+def grpo_passk_ref(scores, group_index, eps=1e-6):
+    """verl's grpo_passk as a loop: only each group's (unique) best response gets
+    (max - second max) / (unbiased std + eps). Assumes the maximum is unique or tied at the top."""
+    s, g = _f(scores), group_index.tolist()
+    out = [0.0] * len(s)
+    for gid in sorted(set(g)):
+        rows = [i for i in range(len(s)) if g[i] == gid]
+        vals = sorted((s[i] for i in rows), reverse=True)
+        mean = sum(s[i] for i in rows) / len(rows)
+        std = math.sqrt(sum((s[i] - mean) ** 2 for i in rows) / (len(rows) - 1))
+        best = max(rows, key=lambda i: s[i])
+        out[best] = (vals[0] - vals[1]) / (std + eps)
+    return out
+
+
+def passk_ref(scores, group_index, k, eps=1e-6):
+    """Analytic pass@k advantages by enumerating every k-subset of each group: a response's
+    advantage is (mean pass@k reward of the subsets containing it - mean over all subsets) /
+    (std over all subsets + eps)."""
+    import itertools
+
+    s, g = _f(scores), group_index.tolist()
+    out = [0.0] * len(s)
+    for gid in sorted(set(g)):
+        rows = [i for i in range(len(s)) if g[i] == gid]
+        subsets = list(itertools.combinations(rows, k))
+        rew = {sub: float(any(s[i] > 0 for i in sub)) for sub in subsets}
+        mean = sum(rew.values()) / len(subsets)
+        std = math.sqrt(sum((r - mean) ** 2 for r in rew.values()) / len(subsets))
+        if std == 0:
+            continue
+        for i in rows:
+            mine = [rew[sub] for sub in subsets if i in sub]
+            out[i] = (sum(mine) / len(mine) - mean) / (std + eps)
+    return out

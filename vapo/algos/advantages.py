@@ -10,6 +10,7 @@ registry at the bottom. Masked positions hold exactly 0 in every output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +33,11 @@ __all__ = [
     "dr_grpo_advantages",
     "get_advantage_estimator",
     "grpo_advantages",
+    "grpo_passk_advantages",
     "masked_gae",
     "masked_gae_reference",
+    "passk_advantages",
+    "passk_credit",
     "register_advantage_estimator",
     "rloo_advantages",
 ]
@@ -387,6 +391,132 @@ def rloo_advantages(scores: torch.Tensor, group_index: torch.Tensor,
 
 
 # --------------------------------------------------------------------------------------------
+# Pass@k-aware group advantages (docs/algorithms.md, "Pass@k-aware advantages")
+# --------------------------------------------------------------------------------------------
+
+
+def _groups(group_index: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices of each group, groups in increasing id order, rows in batch order."""
+    _, inv = torch.unique(group_index, return_inverse=True)
+    n = int(inv.max().item()) + 1 if inv.numel() else 0
+    return [torch.nonzero(inv == g).squeeze(1) for g in range(n)]
+
+
+def grpo_passk_advantages(scores: torch.Tensor, group_index: torch.Tensor,
+                          response_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """verl's ``grpo_passk`` (``compute_grpo_passk_outcome_advantage``, which cites arXiv
+    2503.19595): in each group only the best response gets a non-zero advantage,
+
+        A_{i*} = (R_max - R_second_max) / (std_g R + eps),   A_i = 0 for every other i,
+
+    with i* the position ``torch.topk`` returns for the maximum and std the unbiased group
+    standard deviation (verl's default norm_adv_by_std_in_grpo=True). A group whose two best
+    scores tie gives every member 0. Groups need at least 2 responses (as verl).
+
+    Args: as `grpo_advantages`. Returns [B, T] advantages, 0 at masked positions.
+    """
+    where = "grpo_passk_advantages"
+    _check_group_inputs(scores, group_index, response_mask, where)
+    s = scores.to(torch.float64)
+    adv = torch.zeros_like(s)
+    for rows in _groups(group_index):
+        if len(rows) < 2:
+            raise VapoError(f"grpo_passk needs at least 2 responses per group, got {len(rows)} for group "
+                            f"{int(group_index[rows[0]])}", where=where,
+                            fix="sample rollout.group_size >= 2 answers per prompt")
+        r = s[rows]
+        top, top_idx = torch.topk(r, 2)
+        adv[rows[top_idx[0]]] = (top[0] - top[1]) / (r.std() + eps)
+    return _broadcast(adv, response_mask, _out_dtype(scores))
+
+
+def _f64(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _check_binary(scores: torch.Tensor, where: str) -> None:
+    if not bool(((scores == 0) | (scores == 1)).all()):
+        raise VapoError("pass@k advantages need 0/1 scores (pass or fail), got values outside {0, 1}",
+                        where=where, fix="turn off reward shaping (algo.overlong, algo.exploration bonuses) "
+                                         "with this estimator, or use grpo_passk")
+
+
+def _check_k(k: int | None, n: int, where: str) -> int:
+    if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise VapoError(f"pass@k needs an integer k >= 1, got {k!r}", where=where,
+                        fix="set algo.advantage.pass_k (e.g. 4)")
+    if k > n:
+        raise VapoError(f"pass@{k} needs at least k={k} responses per group, got a group of {n}",
+                        where=where, fix=f"set algo.advantage.pass_k <= rollout.group_size ({n})")
+    return k
+
+
+def passk_credit(correct: torch.Tensor, group_index: torch.Tensor, k: int) -> torch.Tensor:
+    """Each response's pass@k credit in its group of n responses with c correct: the mean,
+    over the k-subsets of the group that contain it, of the subset's pass@k reward
+    (1 if any member is correct):
+
+        correct response:    1
+        incorrect response:  1 - C(n-c-1, k-1) / C(n-1, k-1)
+
+    Their group mean is the group's unbiased pass@k, 1 - C(n-c, k) / C(n, k) (Chen et al. 2021
+    eq. 1). With k = 1 the credit is the 0/1 correctness itself.
+
+    Args: correct [B] bool (or 0/1); group_index [B] int; k >= 1, at most every group's size.
+    Returns: [B] float64 credits in [0, 1].
+    """
+    where = "passk_credit"
+    if not (isinstance(correct, torch.Tensor) and correct.dim() == 1 and isinstance(group_index, torch.Tensor)
+            and group_index.shape == correct.shape):
+        raise VapoError("correct and group_index must be 1-D [B] tensors of the same length", where=where,
+                        fix="pass one flag and one group id per response")
+    c_all = correct.to(torch.float64)
+    _check_binary(c_all, where)
+    out = torch.ones_like(c_all)
+    for rows in _groups(group_index):
+        n = len(rows)
+        kk = _check_k(k, n, where)
+        c = int(c_all[rows].sum())
+        wrong_credit = 1.0 - math.comb(n - c - 1, kk - 1) / math.comb(n - 1, kk - 1) if c < n else 1.0
+        out[rows] = torch.where(c_all[rows] > 0, _f64(1.0), _f64(wrong_credit))
+    return out
+
+
+def passk_advantages(scores: torch.Tensor, group_index: torch.Tensor, response_mask: torch.Tensor,
+                     k: int, eps: float = 1e-6) -> torch.Tensor:
+    """Pass@k training with the analytic advantage (arXiv 2508.10751 §3.3; the authors'
+    ``passk_adv.py``). A group of n responses with c correct (0/1 scores) has the pass@k
+    reward mean rho = 1 - C(n-c, k)/C(n, k) and standard deviation sigma = sqrt(rho (1 - rho))
+    over its k-subsets; then
+
+        A_correct   = (1 - rho) / (sigma + eps)
+        A_incorrect = (1 - rho - C(n-c-1, k-1) / C(n-1, k-1)) / (sigma + eps)
+
+    i.e. (`passk_credit` - rho) / (sigma + eps). All-correct and all-wrong groups get 0.
+    With k = 1 this is GRPO's advantage with the population standard deviation.
+
+    Args: as `grpo_advantages`, plus k (1 <= k <= every group's size). Scores must be 0/1.
+    Returns: [B, T] advantages, 0 at masked positions.
+    """
+    where = "passk_advantages"
+    _check_group_inputs(scores, group_index, response_mask, where)
+    s = scores.to(torch.float64)
+    _check_binary(s, where)
+    adv = torch.zeros_like(s)
+    for rows in _groups(group_index):
+        n = len(rows)
+        kk = _check_k(k, n, where)
+        c = int(s[rows].sum())
+        rho = 1.0 - math.comb(n - c, kk) / math.comb(n, kk)
+        sigma = math.sqrt(rho * (1.0 - rho))
+        if sigma == 0.0:
+            continue
+        wrong = 1.0 - rho - (math.comb(n - c - 1, kk - 1) / math.comb(n - 1, kk - 1) if c < n else 0.0)
+        adv[rows] = torch.where(s[rows] > 0, _f64((1.0 - rho) / (sigma + eps)), _f64(wrong / (sigma + eps)))
+    return _broadcast(adv, response_mask, _out_dtype(scores))
+
+
+# --------------------------------------------------------------------------------------------
 # Registry: estimators are looked up by name (a preset is data; a new estimator is one function)
 # --------------------------------------------------------------------------------------------
 
@@ -420,7 +550,8 @@ class AdvantageParams:
     gamma: discount (1.0 for LLM RL). lam_actor: GAE lambda of the actor, or None for the
     length-adaptive lambda 1 - 1/(alpha*l) (VAPO). lam_critic: GAE lambda of the critic's
     targets (1.0 = Monte-Carlo, VC-PPO). alpha: adaptive-lambda horizon per token.
-    eps: std epsilon of GRPO. extra: free-form options for user-registered estimators.
+    eps: std epsilon of GRPO. pass_k: k of the ``passk`` estimator (None: unset; its one
+    default is the config's). extra: free-form options for user-registered estimators.
     lam_actor and alpha have no default here: their one default is the config's
     (vapo.config.AdvantageConfig), passed by vapo.train.adapter.advantage_params.
     """
@@ -430,6 +561,7 @@ class AdvantageParams:
     lam_critic: float = 1.0
     alpha: float
     eps: float = 1e-6
+    pass_k: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -493,3 +625,14 @@ def _group_estimator(fn: Callable[..., torch.Tensor]) -> AdvantageEstimator:
 register_advantage_estimator("grpo")(_group_estimator(grpo_advantages))
 register_advantage_estimator("dr_grpo")(_group_estimator(dr_grpo_advantages))
 register_advantage_estimator("rloo")(_group_estimator(rloo_advantages))
+register_advantage_estimator("grpo_passk")(_group_estimator(grpo_passk_advantages))
+
+
+@register_advantage_estimator("passk")
+def _passk_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
+    """Pass@k training with the analytic advantage (`passk_advantages`), k = params.pass_k."""
+    def fn(scores, group_index, response_mask, eps):
+        return passk_advantages(scores, group_index, response_mask, params.pass_k, eps)
+
+    fn.__name__ = "passk_advantages"
+    return _group_estimator(fn)(inp, params)
