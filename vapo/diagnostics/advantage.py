@@ -31,7 +31,8 @@ from vapo.algos.advantages import (
 )
 from vapo.algos.shaping import scores_to_token_rewards
 from vapo.config import AdvantageConfig
-from vapo.diagnostics.common import bootstrap_ci, corr_ci, mean_ci
+from vapo.diagnostics.common import bootstrap_ci, corr_ci
+from vapo.stats import estimate_ci
 from vapo.train.adapter import advantage_params
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
@@ -49,7 +50,7 @@ def advantage_stats(a: np.ndarray, a_mc: np.ndarray, noise: np.ndarray) -> dict[
     d = a - a_mc
     return {
         "n": len(a),
-        "bias": mean_ci(d),
+        "bias": estimate_ci(d),
         "sd": float(a.std(ddof=1)) if len(a) > 1 else float("nan"),
         "correlation": corr_ci(a, a_mc),
         "mse": bootstrap_ci(_mse, d, noise),

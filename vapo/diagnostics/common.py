@@ -1,5 +1,6 @@
 """Shared pieces of the diagnostics: regenerated batches, length buckets and the small statistics
-(confidence intervals, from scipy.stats) every section reports.
+(bootstrap and correlation intervals; means with intervals and Wilson intervals come from vapo.stats)
+every section reports.
 
 Shapes follow docs/contracts.md: ``B`` responses, ``P`` prompt tokens (left-padded), ``T``
 response tokens (right-padded), ``response_mask[i, t] = 1`` on real response tokens (EOS included).
@@ -17,10 +18,10 @@ import torch
 from scipy import stats
 
 from vapo.errors import VapoError
+from vapo.stats import Z95, estimate_ci, wilson  # noqa: F401  (re-exported: the statistics live in vapo.stats)
 from vapo.tasks import sample_problems
 from vapo.train.batch import Experience
 from vapo.train.collect import RewardSettings, rollout_and_score
-from vapo.train.probe import Z95, wilson  # noqa: F401  (re-exported: the diagnostics use one copy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,19 +61,6 @@ def bucket_of(lengths: torch.Tensor | np.ndarray, edges: list[int]) -> np.ndarra
 # --------------------------------------------------------------------------------------------
 # Statistics with 95% confidence intervals
 # --------------------------------------------------------------------------------------------
-def mean_ci(x: np.ndarray) -> dict[str, float]:
-    """Mean with a normal-approximation 95% CI (mean ± z·sd/√n); n < 2 gives a nan interval."""
-    x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    m = float(x.mean())
-    if n < 2:
-        return {"value": m, "lo": math.nan, "hi": math.nan, "n": n}
-    se = float(stats.sem(x))
-    return {"value": m, "lo": m - Z95 * se, "hi": m + Z95 * se, "n": n}
-
-
 def bootstrap_ci(fn: Any, *arrays: np.ndarray, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
     """``fn(*arrays)`` with a percentile-bootstrap 95% CI (scipy.stats.bootstrap, rows of all
     arrays resampled jointly). Resamples where ``fn`` is not finite are dropped; when more than
@@ -106,17 +94,6 @@ def corr_ci(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     res = stats.pearsonr(x, y)
     ci = res.confidence_interval(confidence_level=0.95)
     return {"value": float(res.statistic), "lo": float(ci.low), "hi": float(ci.high), "n": n}
-
-
-def fmt_ci(d: dict[str, float], digits: int = 3) -> str:
-    """'0.123 [0.100, 0.150]' (or just the value when the interval is undefined)."""
-    v = d.get("value", math.nan)
-    if v is None or not math.isfinite(v):
-        return "n/a"
-    lo, hi = d.get("lo", math.nan), d.get("hi", math.nan)
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def check_positive(name: str, value: int, where: str) -> None:

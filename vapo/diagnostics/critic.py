@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from vapo.algos.losses import explained_variance
-from vapo.diagnostics.common import bootstrap_ci, mean_ci
+from vapo.diagnostics.common import bootstrap_ci
+from vapo.stats import estimate_ci
 from vapo.train.probe import values_at
 
 
@@ -41,7 +42,7 @@ def error_stats(v: np.ndarray, mc_mean: np.ndarray, mc_var: np.ndarray) -> dict[
     e = v - mc_mean
     return {
         "n": len(v),
-        "bias": mean_ci(e),
+        "bias": estimate_ci(e),
         "rmse": bootstrap_ci(_rmse, e, mc_var),
         "explained_variance": bootstrap_ci(_ev, v, mc_mean),
         "mean_critic": float(v.mean()) if len(v) else float("nan"),
