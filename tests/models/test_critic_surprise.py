@@ -1,12 +1,15 @@
 """The critic's surprise input: each token's embedding plus a learned embedding of the bucket of the
-frozen warm-start policy's probability of it, checked against a naive per-token loop."""
+frozen warm-start policy's probability of it (prompt columns: a bucket of their own), checked
+against a naive per-token loop."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from vapo.models import Critic, build_char_tokenizer, build_policy, encode_prompts
-from vapo.models.critic import SURPRISE_EDGES
+from vapo.errors import VapoError
+from vapo.models import Critic, build_char_tokenizer, build_policy, encode_prompts, response_values
+from vapo.models.critic import PROMPT_BUCKET, SURPRISE_EDGES
 
 TOK = build_char_tokenizer()
 TEXTS = ["1+2=3\n3+4=7", "33-4+5=", "9"]
@@ -16,13 +19,17 @@ def _policy():
     return build_policy("micro", TOK, seed=0)
 
 
-def _naive_buckets(policy, ids, mask) -> torch.Tensor:
-    """Bucket of π₀(y_j | y_<j) for each position, one sequence and one position at a time (float64)."""
+def _naive_buckets(policy, ids, mask, prompt_len: int) -> torch.Tensor:
+    """Bucket of π₀(y_j | y_<j) for each position, one sequence and one position at a time (float64);
+    the first ``prompt_len`` columns are prompt columns."""
     out = torch.full(ids.shape, len(SURPRISE_EDGES), dtype=torch.long)
+    out[:, :prompt_len] = PROMPT_BUCKET
     for i in range(ids.shape[0]):
         real = mask[i].bool().nonzero().squeeze(1)
         seq = ids[i, real]
         for j in range(1, len(seq)):
+            if real[j] < prompt_len:
+                continue
             with torch.no_grad():
                 logits = policy(input_ids=seq[None, :j]).logits[0, -1].double()
             p = float(torch.softmax(logits, -1)[seq[j]])
@@ -37,15 +44,50 @@ def test_surprise_critic_starts_as_the_plain_critic_and_reads_the_naive_buckets(
     with torch.no_grad():
         torch.nn.init.normal_(plain.value_head.weight)
         sur.value_head.load_state_dict(plain.value_head.state_dict())
-        assert torch.allclose(plain(ids, mask), sur(ids, mask), atol=1e-6)  # zero surprise embedding
+        P = ids.shape[1] - 4  # the last 4 columns play the response
+        assert torch.allclose(plain(ids, mask), sur(ids, mask, prompt_len=P), atol=1e-6)  # zero surprise embedding
         torch.nn.init.normal_(sur.surprise_embed.weight)
-        buckets = _naive_buckets(policy, ids, mask)
+        buckets = _naive_buckets(policy, ids, mask, P)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         emb = sur.backbone.get_input_embeddings()(ids) + sur.surprise_embed(buckets)
         h = sur.backbone(inputs_embeds=emb, attention_mask=mask, position_ids=pos).last_hidden_state
         want = torch.where(mask.bool(), sur.value_head(h).squeeze(-1), 0.0)
-        assert torch.allclose(sur(ids, mask), want, atol=1e-5)
-        assert len(set(buckets[mask.bool()].tolist())) > 1  # the check is not vacuous
+        assert torch.allclose(sur(ids, mask, prompt_len=P), want, atol=1e-5)
+        resp = buckets[:, P:][mask[:, P:].bool()]
+        assert len(set(resp.tolist())) > 1 and PROMPT_BUCKET not in resp.tolist()  # the check is not vacuous
+        assert (buckets[:, :P] == PROMPT_BUCKET).all()
+
+
+def test_prompt_tokens_do_not_reach_the_surprise_input_through_their_probabilities():
+    """Values of response states do not change when the frozen π₀'s probabilities of prompt tokens
+    change (only its probabilities of response tokens are read), and a surprise critic refuses a
+    call that does not say where the prompt ends."""
+    policy = _policy()
+    sur = Critic.from_policy(policy, surprise=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(sur.value_head.weight)
+        torch.nn.init.normal_(sur.surprise_embed.weight, std=1.0)
+    p_ids, p_mask = encode_prompts(TOK, ["12+3=", "4-5="])
+    r_ids, _ = encode_prompts(TOK, ["15", "9"])
+    r_ids, r_mask = r_ids.flip(1), torch.ones_like(r_ids)  # any right-aligned response ids will do
+    with torch.no_grad():
+        v = response_values(sur, p_ids, p_mask, r_ids, r_mask)
+        # the old behaviour (prompt tokens bucketed by π₀) gives other values: the test can fail
+        ids = torch.cat([p_ids, r_ids], 1)
+        mask = torch.cat([p_mask, r_mask], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        old = _naive_buckets(policy, ids, mask, 0)
+        h = sur.backbone(inputs_embeds=sur.backbone.get_input_embeddings()(ids) + sur.surprise_embed(old),
+                         attention_mask=mask, position_ids=pos).last_hidden_state
+        P, T = p_ids.shape[1], r_ids.shape[1]
+        v_old = torch.where(r_mask.bool(), sur.value_head(h[:, P - 1 : P - 1 + T]).squeeze(-1), 0.0)
+        assert not torch.allclose(v, v_old, atol=1e-4)
+        new = _naive_buckets(policy, ids, mask, P)
+        h = sur.backbone(inputs_embeds=sur.backbone.get_input_embeddings()(ids) + sur.surprise_embed(new),
+                         attention_mask=mask, position_ids=pos).last_hidden_state
+        assert torch.allclose(v, sur.value_head(h[:, P - 1 : P - 1 + T]).squeeze(-1), atol=1e-5)
+    with pytest.raises(VapoError, match="prompt_len"):
+        sur(ids, mask)
 
 
 def test_surprise_critic_trains_its_embedding_not_the_frozen_policy_and_round_trips(tmp_path):
@@ -55,7 +97,7 @@ def test_surprise_critic_trains_its_embedding_not_the_frozen_policy_and_round_tr
     ids, mask = encode_prompts(TOK, TEXTS)
     with torch.no_grad():
         torch.nn.init.normal_(sur.value_head.weight)
-    sur(ids, mask).sum().backward()
+    sur(ids, mask, prompt_len=2).sum().backward()
     assert sur.surprise_embed.weight.grad is not None and sur.surprise_embed.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in sur.surprise_policy.parameters())
     with torch.no_grad():
@@ -64,4 +106,21 @@ def test_surprise_critic_trains_its_embedding_not_the_frozen_policy_and_round_tr
     back = Critic.from_pretrained(tmp_path / "c")
     assert back.surprise_policy is not None
     with torch.no_grad():
-        assert torch.allclose(sur.eval()(ids, mask), back(ids, mask), atol=1e-6)
+        assert torch.allclose(sur.eval()(ids, mask, prompt_len=2), back(ids, mask, prompt_len=2), atol=1e-6)
+
+
+def test_a_surprise_critic_saved_in_the_old_format_is_refused(tmp_path):
+    """Format v1 bucketed prompt tokens by π₀: such a critic would read its inputs differently now."""
+    import json
+
+    sur = Critic.from_policy(_policy(), surprise=True)
+    sur.save_pretrained(tmp_path / "c")
+    meta = json.loads((tmp_path / "c" / "critic.json").read_text())
+    (tmp_path / "c" / "critic.json").write_text(json.dumps({**meta, "format": "vapo-critic-v1"}))
+    with pytest.raises(VapoError, match="old format"):
+        Critic.from_pretrained(tmp_path / "c")
+    plain = Critic.from_policy(_policy())
+    plain.save_pretrained(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "critic.json").read_text())
+    (tmp_path / "p" / "critic.json").write_text(json.dumps({**meta, "format": "vapo-critic-v1"}))
+    assert Critic.from_pretrained(tmp_path / "p").surprise_policy is None  # a plain v1 critic still loads

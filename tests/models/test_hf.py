@@ -137,7 +137,7 @@ def test_lora_trains_adapters_only_and_reloads_exactly(tiny_dirs, tmp_path):
     assert all(p.requires_grad for p in critic.backbone.parameters())
     with torch.no_grad():
         h_policy = policy.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        h_critic = critic.hidden_states(ids, mask)
+        h_critic = critic.hidden_states(ids, mask, prompt_len=1)
     assert torch.allclose(h_policy, h_critic, atol=1e-5)
 
 
@@ -152,7 +152,7 @@ def test_critic_from_another_path(tiny_dirs, tmp_path):
     assert torch.equal(critic.backbone.embed_tokens.weight, ref.embed_tokens.weight)
     assert not torch.equal(critic.backbone.embed_tokens.weight, policy.model.embed_tokens.weight)
     ids, mask = encode_prompts(tok, ["2+3="])
-    assert torch.count_nonzero(critic(ids, mask)) == 0  # zero head: V = 0 before value pretraining
+    assert torch.count_nonzero(critic(ids, mask, prompt_len=1)) == 0  # zero head: V = 0 before value pretraining
     small = _copy(other, tmp_path / "small_vocab")
     c = json.loads((small / "config.json").read_text())
     c["vocab_size"] = 100

@@ -3,6 +3,7 @@ match a naive float64 reference, the noise correction removes the MC noise, valu
 stops on the probe's RMSE and keeps the best critic, and the critic gate fields are refused
 without a critic."""
 
+import copy
 import sys
 from pathlib import Path
 
@@ -142,16 +143,18 @@ def test_value_pretraining_stops_on_the_probe_rmse_and_keeps_the_best_critic(tmp
     (tmp_path / "run").mkdir()
     with progress_ui(False) as ui:
         tr.build(ui)
-        scripted = iter([0.5, 0.4, 0.3, 0.35, 0.36, 0.1, 0.1])  # rounds 0..4; a stop after round 4
-        states = []
+        scripted = iter([0.5, 0.4, 0.3, 0.35, 0.36, 0.2, 0.1])  # rounds 0..4; a stop after round 4; selection probe
+        states, opt_states, probes_seen = [], [], []
 
         def fake_probe(probe, n_boot=0):
+            probes_seen.append((probe, n_boot))
             states.append({k: v.clone() for k, v in tr.critic.state_dict().items()})
+            opt_states.append(copy.deepcopy(tr.critic_opt.state_dict()))
             if n_boot:
                 return {"rmse_vs_mc": "final"}
-            return {"ev": 0.0, "achievable_ev": 0.0, "rmse_vs_mc": next(scripted)}
+            return {"ev": 0.0, "achievable_ev": 0.0, "ev_vs_mc": 0.0, "rmse_vs_mc": next(scripted)}
 
-        monkeypatch.setattr(tr, "draw_probe", lambda: None)
+        monkeypatch.setattr(tr, "draw_probe", lambda seed_offset=0: f"probe+{seed_offset}")
         monkeypatch.setattr(tr, "probe_critic", fake_probe)
         hist = tr.pretrain_value(ui, StopFlag())
     rounds = [r for r in hist if r["phase"] == "value_pretrain"]
@@ -162,3 +165,11 @@ def test_value_pretraining_stops_on_the_probe_rmse_and_keeps_the_best_critic(tmp
     kept, final = states[2], states[-1]  # the probe call after round 2, and the final one
     assert all(torch.equal(kept[k], final[k]) for k in kept)
     assert not all(torch.equal(states[4][k], final[k]) for k in kept)  # round 4's critic was discarded
+    # the kept critic's Adam moments come back with it (round 4's moments are discarded too)
+    step_of = lambda st: [float(v["step"]) for v in st["state"].values()]  # noqa: E731
+    assert step_of(opt_states[-1]) == step_of(opt_states[2]) != step_of(opt_states[4])
+    exp_avg = lambda st: [v["exp_avg"] for v in st["state"].values()]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(exp_avg(opt_states[-1]), exp_avg(opt_states[2]), strict=True))
+    # rounds and the selection figures use the selecting probe; the reported figures a fresh one
+    assert [p for p, _ in probes_seen[:-1]] == ["probe+0"] * 6 and probes_seen[-1][0] != "probe+0"
+    assert probes_seen[-1][1] > 0 and end["selection_probe"]["rmse_vs_mc"] == 0.2

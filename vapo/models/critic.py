@@ -19,6 +19,13 @@ critic starts as the plain one). On a task whose warm start imitates a sloppy te
 token π₀ took with low probability, and the value after a slip is 0: the critic no longer has to
 re-derive from 0/1 returns what π₀'s next-token distribution already says (docs/training.md, the
 critic). It costs one extra no-grad forward of π₀ per critic forward.
+
+Prompt columns (everything before the first response token, left padding included) get a bucket
+of their own, :data:`PROMPT_BUCKET`. SFT never trains on prompt tokens, so π₀'s probability of a
+prompt token means nothing (on the default warm start 80% of prompt tokens fall below 0.1 against
+1% of response tokens): bucketed like response tokens, every state would look as if it followed a
+slip, and the critic would first have to learn to ignore its prompt. The response's first token
+y_0 is bucketed by π₀(y_0 | prompt), which is meaningful.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from torch import nn
 
 from vapo.errors import VapoError
 
-CRITIC_FORMAT = "vapo-critic-v1"
+CRITIC_FORMAT = "vapo-critic-v2"  # v2: prompt columns have a surprise bucket of their own
+OLD_FORMATS = ("vapo-critic-v1",)  # loadable unless they carry the surprise input (v1 bucketed prompt tokens)
 HEAD_FILE = "value_head.safetensors"
 META_FILE = "critic.json"
 SURPRISE_DIR = "surprise_policy"
 SURPRISE_EDGES = (0.1, 0.3, 0.5, 0.8)  # buckets of π₀(y_j | y_<j): [0, .1), [.1, .3), [.3, .5), [.5, .8), [.8, 1]
+PROMPT_BUCKET = len(SURPRISE_EDGES) + 1  # the bucket of every prompt column: "no prediction"
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -69,7 +78,7 @@ class Critic(nn.Module):
         self.surprise_embed: nn.Embedding | None = None
         if surprise_policy is not None:
             surprise_policy.eval().requires_grad_(False)
-            self.surprise_embed = nn.Embedding(len(SURPRISE_EDGES) + 1, backbone.config.hidden_size).to(dtype)
+            self.surprise_embed = nn.Embedding(PROMPT_BUCKET + 1, backbone.config.hidden_size).to(dtype)
             nn.init.zeros_(self.surprise_embed.weight)
 
     def train(self, mode: bool = True) -> Critic:
@@ -99,12 +108,18 @@ class Critic(nn.Module):
         return critic.to(next(policy.parameters()).device).train(policy.training)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden states [B, L, H] of the backbone (with the surprise input when the critic has one)."""
+                      position_ids: torch.Tensor | None = None, *, prompt_len: int | None = None) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the backbone (with the surprise input when the critic has one).
+
+        ``prompt_len``: the number of leading prompt columns of ``input_ids`` (the prompt is left-padded
+        to this width); they get :data:`PROMPT_BUCKET`. Required with the surprise input."""
         if self.surprise_policy is None:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False)
             return out.last_hidden_state
+        if prompt_len is None or not 0 < prompt_len <= input_ids.shape[1]:
+            raise VapoError(f"a critic with the surprise input needs prompt_len in [1, {input_ids.shape[1]}], got {prompt_len}",
+                            where="Critic.hidden_states", fix="pass prompt_len= the prompt's column count (vapo.models.response_values does)")
         with torch.no_grad():
             logits = self.surprise_policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                           use_cache=False).logits
@@ -112,23 +127,25 @@ class Critic(nn.Module):
             p = torch.where(attention_mask[:, :-1].bool(), p, 1.0)  # after left padding: no prediction
             p = torch.nn.functional.pad(p, (1, 0), value=1.0)  # nor for the first token
             bucket = torch.bucketize(p, torch.tensor(SURPRISE_EDGES, device=p.device), right=True)
+            bucket[:, :prompt_len] = PROMPT_BUCKET  # prompt tokens (and left padding): π₀ was never trained on them
         emb = self.backbone.get_input_embeddings()(input_ids) + self.surprise_embed(bucket)
         out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, *, prompt_len: int | None = None) -> torch.Tensor:
         """Values V(prefix up to and including token l) for every position.
 
         Args:
             input_ids [B, L] int64, attention_mask [B, L] {0,1}, position_ids [B, L] (optional;
-            default cumsum(mask) - 1 clamped at 0, so left padding does not shift positions).
+            default cumsum(mask) - 1 clamped at 0, so left padding does not shift positions),
+            prompt_len (the leading prompt columns; see :meth:`hidden_states`).
         Returns:
             values [B, L] float32; positions where attention_mask is 0 hold 0.
         """
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        h = self.hidden_states(input_ids, attention_mask, position_ids, prompt_len=prompt_len)
         v = self.value_head(h).squeeze(-1).float()
         return torch.where(attention_mask.bool(), v, torch.zeros_like(v))
 
@@ -164,7 +181,11 @@ class Critic(nn.Module):
             raise VapoError(f"{d} is not a saved critic (missing: {', '.join(missing) if d.is_dir() else 'the directory'})",
                             where="Critic.from_pretrained", fix="pass a directory written by Critic.save_pretrained")
         meta = json.loads((d / META_FILE).read_text())
-        if meta.get("format") != CRITIC_FORMAT:
+        if meta.get("format") in OLD_FORMATS and meta.get("surprise"):
+            raise VapoError(f"{d} holds a critic with the surprise input saved in the old format {meta['format']!r}, "
+                            "whose input bucketed prompt tokens by the warm start's probability",
+                            where="Critic.from_pretrained", fix="re-run value pretraining (vapo train) to get a critic in the current format")
+        if meta.get("format") != CRITIC_FORMAT and meta.get("format") not in OLD_FORMATS:
             raise VapoError(f"unknown critic format {meta.get('format')!r} in {d / META_FILE}",
                             where="Critic.from_pretrained", fix=f"expected {CRITIC_FORMAT!r}; re-save the critic")
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(meta.get("dtype", "float32"), torch.float32)

@@ -89,6 +89,6 @@ def response_values(
     """
     ids, mask, pos = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    h = critic.hidden_states(ids, mask, pos)[:, P - 1 : P - 1 + T]  # [B, T, H]
+    h = critic.hidden_states(ids, mask, pos, prompt_len=P)[:, P - 1 : P - 1 + T]  # [B, T, H]
     v = critic.value_head(h).squeeze(-1).float()
     return torch.where(response_mask.bool(), v, 0.0)

@@ -136,6 +136,9 @@ def _stream(seed: int, k: int) -> tuple[random.Random, torch.Generator]:
 # The trainer
 # --------------------------------------------------------------------------------------------
 class Trainer:
+_FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining's end (not the selecting one)
+
+
     """Owns the models, optimizers and random streams of one run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, dist: Dist | None = None):
@@ -554,7 +557,7 @@ class Trainer:
         return m
 
     # ---------------------------------------------------------------- the critic probe
-    def draw_probe(self) -> ProbeSet | None:
+    def draw_probe(self, seed_offset: int = 0) -> ProbeSet | None:
         """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
         at algo.critic.probe_positions. Its prompts and draws are fixed by the seed and the iteration
         and use their own streams, so probing does not change what training samples.
@@ -568,7 +571,7 @@ class Trainer:
             if self.dist.is_writer:
                 probe = draw_probe(self.policy, self.tokenizer, self.task, self.settings, answers=cc.probe_answers,
                                    positions=tuple(cc.probe_positions), continuations=cc.probe_continuations,
-                                   seed=self.cfg.seed * 100_003 + self.iteration)
+                                   seed=self.cfg.seed * 100_003 + self.iteration + seed_offset)
         return probe
 
     def probe_critic(self, probe: ProbeSet | None, *, n_boot: int = 0) -> dict[str, Any]:
@@ -592,8 +595,11 @@ class Trainer:
         ``pretrain_epochs`` passes of ``pretrain_minibatch_size``-answer critic steps over it; then
         the probe is checked. Stop: ``pretrain_patience`` rounds in a row without a new best
         RMSE against V̂ (better by ``pretrain_tol``, relative), after at least ``pretrain_min_steps``
-        rounds, or at the cap ``pretrain_steps``. The critic of the best round is kept. The last
-        record holds ``critic_quality`` (the kept critic's figures with 95% CIs).
+        rounds, or at the cap ``pretrain_steps``. The critic of the best round is kept, with the
+        optimizer state (Adam moments, schedule) it had then. The last record holds
+        ``critic_quality``: the kept critic's figures with 95% CIs on a *fresh* probe (other prompts,
+        answers and continuations; the probe that chose the round would flatter it), and under
+        ``selection_probe`` its figures on the selecting probe.
         """
         from vapo.algos.advantages import masked_gae
 
@@ -613,7 +619,11 @@ class Trainer:
 
         q = self.probe_critic(probe)
         log({"phase": "value_pretrain", "step": 0, "gradient_steps": 0, "probe_seconds": probe_seconds, **q})
-        best, best_state, best_round, since_best, grad_steps = q["rmse_vs_mc"], copy.deepcopy(self.critic.state_dict()), 0, 0, 0
+        def snapshot() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # weights with their Adam moments
+            return (copy.deepcopy(self.critic.state_dict()), copy.deepcopy(self.critic_opt.state_dict()),
+                    copy.deepcopy(self.critic_sched.state_dict()))
+
+        best, best_state, best_round, since_best, grad_steps = q["rmse_vs_mc"], snapshot(), 0, 0, 0
         for step in range(1, cc.pretrain_steps + 1):
             if flag.requested:
                 break
@@ -630,17 +640,26 @@ class Trainer:
                  "value_loss": st["value_loss"], "seconds": time.perf_counter() - t0, **q})
             ui.update(task_id, advance=1, info=f"EV {q['ev']:+.3f} of {q['achievable_ev']:+.3f}  RMSE {q['rmse_vs_mc']:.3f}")
             if q["rmse_vs_mc"] < (1.0 - cc.pretrain_tol) * best:
-                best, best_state, best_round, since_best = q["rmse_vs_mc"], copy.deepcopy(self.critic.state_dict()), step, 0
+                best, best_state, best_round, since_best = q["rmse_vs_mc"], snapshot(), step, 0
             else:
                 since_best += 1
             if step >= cc.pretrain_min_steps and since_best >= cc.pretrain_patience:
                 break
-        self.critic.load_state_dict(best_state)
+        # The kept critic goes on with the optimizer state it had then: Adam's moments belong to its weights.
+        self.critic.load_state_dict(best_state[0])
+        self.critic_opt.load_state_dict(best_state[1])
+        self.critic_sched.load_state_dict(best_state[2])
         rounds = len(history) - 1
-        final = self.probe_critic(probe, n_boot=1000)
+        selection = self.probe_critic(probe)  # the probe that chose the kept round: optimistic
+        t0 = time.perf_counter()
+        fresh = self.draw_probe(seed_offset=_FRESH_PROBE)  # new answers and continuations: the figures reported
+        probe_seconds += time.perf_counter() - t0
+        final = self.probe_critic(fresh, n_boot=1000)
         n_steps = next(r["gradient_steps"] for r in history if r["step"] == best_round)
         exact = {"value": n_steps, "lo": n_steps, "hi": n_steps}  # a count, known exactly
-        final.update(pretrain_steps=exact, pretrain_rounds=rounds, kept_round=best_round,
+        final.update(pretrain_steps=exact, pretrain_rounds=rounds, kept_round=best_round, probe_seconds=probe_seconds,
+                     selection_probe={k: selection[k] for k in ("ev", "achievable_ev", "ev_vs_mc", "rmse_vs_mc")},
+                     probe="a fresh probe (answers and continuations not used to choose the kept round)",
                      ci="95% percentile bootstrap over probe answers (scipy.stats.bootstrap, 1000 resamples)")
         log({"phase": "value_pretrain_end", "critic_quality": final})
         ui.update(task_id, total=max(rounds, 1), completed=max(rounds, 1))
