@@ -1,9 +1,12 @@
-"""Aggregation on hand-written run directories: threshold, steps and answers to threshold (with
-dynamic sampling's extra rounds), collapse and NaN detection, ablation drops and their rank
-correlation with the paper's, all checked against numbers computed by hand."""
+"""Aggregation on hand-written run directories: threshold, steps and answers to threshold per seed
+(with dynamic sampling's extra rounds), collapse and NaN detection, paired comparisons with Holm's
+correction, the per-problem bootstrap, ablation drops and their rank correlation with the
+paper's, the compact metrics and re-deriving a report from compare.json, all checked against
+numbers computed by hand or by vapo.stats on the same inputs."""
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -11,9 +14,10 @@ from compare_helpers import write_grid
 from scipy import stats
 
 from vapo.compare import load_grid
-from vapo.compare.aggregate import aggregate
+from vapo.compare.aggregate import aggregate, reaggregate
 from vapo.compare.report import render_markdown, write_outputs
-from vapo.compare.runner import plan_cells
+from vapo.compare.runner import plan_cells, write_compact_metrics
+from vapo.stats import bootstrap_mean_ci, holm, two_level_bootstrap
 
 # final held-out accuracy per (variant, seed); curves reach it linearly from 0.5 at iteration 0
 FINAL = {
@@ -22,7 +26,8 @@ FINAL = {
 }
 
 
-def _fake_run(run, cfg_yaml, final, gen_rounds=1, nan=False, warm=0.5):
+def _fake_run(run, cfg_yaml, final, gen_rounds=1, nan=False, warm=0.5, problems=None):
+    """``problems`` {split: (ids, correct)} of the final evaluation (absent: an older run without them)."""
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(cfg_yaml)
     with open(run / "metrics.jsonl", "w") as f:
@@ -33,8 +38,11 @@ def _fake_run(run, cfg_yaml, final, gen_rounds=1, nan=False, warm=0.5):
     with open(run / "eval.jsonl", "w") as f:
         for it, acc in ((0, warm), (1, (warm + final) / 2), (2, final)):
             for split in ("heldout", "long"):
-                f.write(json.dumps({"iteration": it, "split": split, "accuracy": acc if split == "heldout" else acc / 2,
-                                    "by_size": {"2": acc, "3": acc}}) + "\n")
+                row = {"iteration": it, "split": split, "accuracy": acc if split == "heldout" else acc / 2,
+                       "by_size": {"2": acc, "3": acc}, "samples": 4}
+                if problems and it == 2:
+                    row.update(seed=problems["seed"], problem_ids=problems[split][0], problem_correct=problems[split][1])
+                f.write(json.dumps(row) + "\n")
     (run / "summary.json").write_text(json.dumps({
         "final": {"heldout": final, "long": final / 2}, "warm_start": {"heldout": warm, "long": warm / 2},
         "final_by_size": {"heldout": {"2": final, "3": final}, "long": {"7": final / 2}}, "seconds": 10.0}))
@@ -61,15 +69,32 @@ def test_threshold_steps_and_samples(fake):
     assert res["threshold"]["value"] == pytest.approx(0.71) and "dapo" in res["threshold"]["source"]
     v = res["variants"]
     # vapo seed 0: curve 0.5, 0.65, 0.8 → first ≥ 0.71 at iteration 2 → 2 × 4 prompts × 2 answers = 16
-    assert v["vapo"]["steps_to_threshold"]["values"] == [2, 2]
-    assert v["vapo"]["samples_to_threshold"]["values"] == [16, 16]
+    assert v["vapo"]["steps_to_threshold"]["per_seed"] == {"0": 2, "1": 2}
+    assert v["vapo"]["samples_to_threshold"]["per_seed"] == {"0": 16, "1": 16}
     # dapo seed 0 (final 0.70) never reaches 0.71; seed 1 at iteration 2 with 3 rounds per iteration → 48
-    assert v["dapo"]["reached"] == "1/2" and v["dapo"]["samples_to_threshold"]["values"] == [48]
-    assert v["vapo"]["samples_rel_dapo"] == pytest.approx(16 / 48)
+    assert v["dapo"]["reached"] == "1 of 2" and v["dapo"]["samples_to_threshold"]["per_seed"] == {"0": None, "1": 48}
+    # no ratio to dapo over the one dapo seed that reached it
+    assert v["vapo"]["samples_rel_dapo"] is None and "not every seed" in v["vapo"]["rel_dapo_note"]
     # no_value_pretrain seed 0 starts above the threshold (warm start 0.9): reached at iteration 0
     # with 0 answers; seed 1 (0.5 → 0.62) never reaches it
     nvp = v["vapo_no_value_pretrain"]
-    assert nvp["reached"] == "1/2" and nvp["steps_to_threshold"]["values"] == [0] and nvp["samples_rel_dapo"] == 0.0
+    assert nvp["reached"] == "1 of 2" and nvp["steps_to_threshold"]["per_seed"] == {"0": 0, "1": None}
+    md = render_markdown(res, [], res and fake[1])
+    assert "0 / — (1 of 2 seeds reached it)" in md  # per seed, never a mean over the survivors
+
+
+def test_ratio_to_dapo_needs_every_seed_of_both(tmp_path):
+    finals = {"vapo": (0.80, 0.84), "dapo": (0.75, 0.77), "grpo": (0.72, 0.74)}
+    grid = load_grid(write_grid(tmp_path / "a.yaml", "".join(f"- {v}\n" for v in finals)))
+    out = tmp_path / "out"
+    for c in grid.cells:
+        _fake_run(out / c.name, c.config.to_yaml(), finals[c.variant.name][c.seed],
+                  gen_rounds=3 if c.variant.name == "dapo" else 1)
+    res = aggregate(grid, plan_cells(grid, out))
+    v = res["variants"]
+    # threshold 0.73 (grpo's mean): vapo and dapo reach it at iteration 2 on both seeds → 16 vs 48 answers
+    assert v["vapo"]["samples_rel_dapo"] == pytest.approx(32 / 96) and v["vapo"]["rel_dapo_note"] == "2 seeds"
+    assert v["dapo"]["samples_rel_dapo"] is None
 
 
 def test_collapse_nan_and_by_size(fake):
@@ -78,10 +103,12 @@ def test_collapse_nan_and_by_size(fake):
     assert v["vapo_no_value_pretrain"]["collapses"] == 1  # 0.9 → 0.6 is a drop of more than 0.10
     assert v["vapo_no_pos_nll"]["nan_cells"] == 1 and v["vapo_no_pos_nll"]["collapses"] == 1
     assert v["vapo"]["nan_cells"] == 0 and v["vapo"]["collapses"] == 0  # NaN explained variance is not a failure
-    ref = stats.t.interval(0.95, 1, loc=0.82, scale=stats.sem([0.80, 0.84]))
+    ref = bootstrap_mean_ci([0.80, 0.84])
     got = v["vapo"]["by_size"]["heldout"]["3"]
-    assert (got["lo"], got["hi"]) == pytest.approx(ref)
+    assert (got["lo"], got["hi"]) == pytest.approx((ref["lo"], ref["hi"]))
+    assert 0.80 <= got["lo"] <= got["hi"] <= 0.84  # inside the seeds' range, so inside [0, 1]
     assert v["vapo"]["long"]["mean"] == pytest.approx(0.41)
+    assert "over seeds" in v["vapo"]["heldout"]["method"]  # no per-problem records in these runs
 
 
 def test_ablation_drops_and_spearman(fake):
@@ -94,15 +121,22 @@ def test_ablation_drops_and_spearman(fake):
     ours = [rows[k]["drop"]["mean"] for k in ("vapo_no_value_pretrain", "vapo_no_clip_higher", "vapo_no_pos_nll")]
     paper = [49.4, 14.4, 6.4]
     assert res["ablation"]["spearman"]["rho"] == pytest.approx(stats.spearmanr(ours, paper).statistic)
-    # pairs: with two seeds t(0.975, 1) = 12.7, so even 82 vs 61 points do not separate:
-    # vapo [0.566, 1.074] and no_value_pretrain [0.483, 0.737] overlap
+    # pairs, paired by seed: vapo − no_value_pretrain = 0.20, 0.22 on seeds 0, 1
     pair = {(p["a"], p["b"]): p for p in res["pairs"]}
     assert len(pair) == 10
-    a = stats.t.interval(0.95, 1, loc=0.82, scale=stats.sem([0.80, 0.84]))
-    b = stats.t.interval(0.95, 1, loc=0.61, scale=stats.sem([0.60, 0.62]))
-    assert a[0] < b[1]
-    assert pair[("vapo", "vapo_no_value_pretrain")]["heldout"]["separated"] is False
-    assert pair[("vapo", "vapo_no_value_pretrain")]["heldout"]["diff"]["mean"] == pytest.approx(0.21)
+    h = pair[("vapo", "vapo_no_value_pretrain")]["heldout"]
+    assert h["diffs"] == pytest.approx([0.20, 0.22]) and h["mean"] == pytest.approx(0.21)
+    assert h["p_t"] == pytest.approx(stats.ttest_rel([0.80, 0.84], [0.60, 0.62]).pvalue)
+    assert h["p_sign_flip"] == pytest.approx(0.5)  # 2 seeds: sums ±0.42, ±0.02 → 2 of 4 patterns
+    assert rows["vapo_no_value_pretrain"]["drop"]["diffs"] == pytest.approx([20.0, 22.0])
+    assert rows["vapo_no_value_pretrain"]["p_holm"] == h["p_holm"]
+    # Holm across the 10 held-out pairs, in the same order
+    assert [p["heldout"]["p_holm"] for p in res["pairs"]] == holm([p["heldout"]["p_t"] for p in res["pairs"]])
+    assert all(p["heldout"]["p_holm"] is None or p["heldout"]["p_holm"] >= p["heldout"]["p_t"] for p in res["pairs"])
+    # these runs predate per-problem records: the bootstrap is unavailable and the report says why
+    assert h["bootstrap"]["available"] is False and "not recorded" in h["bootstrap"]["why"]
+    assert "not recorded" in res["evidence"]["per_problem"]
+    assert res["evidence"]["sign_flip_floor"] == pytest.approx(0.5) and res["evidence"]["paired_seeds_min"] == 2
 
 
 def test_reports_are_written_and_escaped(fake, tmp_path):
@@ -117,6 +151,8 @@ def test_reports_are_written_and_escaped(fake, tmp_path):
     assert html.count("data:image/png;base64,") == 3  # curves, by size, ablation drops
     md = render_markdown(res, ["curves.png"], out)
     assert "| vapo |" in md and "Spearman" in md and "(vapo-s0/r.html)" in md
+    assert "Holm p" in md and "sign-flip p" in md and "MDE 80%" in md and "## Evidence" in md
+    assert "cannot reach 0.05 at any effect size" in md  # two seeds: the sign-flip floor is 0.5
     j = json.loads(paths["json"].read_text())
     assert j["variants"]["vapo"]["heldout"]["mean"] == pytest.approx(0.82)
 
@@ -159,4 +195,71 @@ def test_threshold_skips_a_collapsed_baseline(tmp_path):
     assert res["threshold"]["value"] == pytest.approx(0.705)
     assert "dapo" in res["threshold"]["source"] and "ppo collapsed" in res["threshold"]["source"]
     # with ppo's 0.205 every variant would "reach" it at iteration 0 (warm start 0.6)
-    assert 0 not in res["variants"]["vapo"]["steps_to_threshold"]["values"]
+    assert 0 not in res["variants"]["vapo"]["steps_to_threshold"]["per_seed"].values()
+
+
+def _problem_grid(tmp_path, same_ids=True):
+    """vapo and dapo × seeds 0, 1 with per-problem records: 4 problems per seed and split, 4 answers each."""
+    grid = load_grid(write_grid(tmp_path / "p.yaml", "- vapo\n- dapo\n"))
+    out = tmp_path / "out"
+    correct = {("vapo", 0): [4, 3, 4, 2], ("dapo", 0): [3, 3, 2, 2], ("vapo", 1): [4, 4, 1, 3], ("dapo", 1): [4, 2, 1, 1]}
+    for c in grid.cells:
+        cc = correct[(c.variant.name, c.seed)]
+        ids = [f"{c.seed}{i}" + ("x" if not same_ids and c.variant.name == "dapo" else "") for i in range(4)]
+        _fake_run(out / c.name, c.config.to_yaml(), sum(cc) / 16,
+                  problems={"seed": 1234 + c.seed, "heldout": (ids, cc), "long": (ids, [x // 2 for x in cc])})
+    return grid, out, correct
+
+
+def test_per_problem_two_level_bootstrap(tmp_path):
+    grid, out, correct = _problem_grid(tmp_path)
+    res = aggregate(grid, plan_cells(grid, out))
+    acc = {k: [x / 4 for x in v] for k, v in correct.items()}
+    h = res["pairs"][0]["heldout"]
+    ref = two_level_bootstrap([[a - b for a, b in zip(acc[("vapo", s)], acc[("dapo", s)], strict=True)] for s in (0, 1)])
+    assert h["bootstrap"]["available"] and (h["bootstrap"]["lo"], h["bootstrap"]["hi"]) == (ref["lo"], ref["hi"])
+    v = res["variants"]["vapo"]["heldout"]
+    ref = two_level_bootstrap([acc[("vapo", 0)], acc[("vapo", 1)]])
+    assert (v["lo"], v["hi"]) == (ref["lo"], ref["hi"]) and v["method"].startswith("two-level")
+    assert v["problems_per_seed"] == [4, 4]
+    ev = res["evidence"]
+    assert ev["per_problem"] == "recorded" and ev["eval_sets"].startswith("drawn per seed")
+    # the bootstrap is in the report as an interval
+    md = render_markdown(res, [], out)
+    assert f"[{100 * h['bootstrap']['lo']:+.1f}, {100 * h['bootstrap']['hi']:+.1f}]" in md
+
+
+def test_per_problem_bootstrap_refuses_different_problem_sets(tmp_path):
+    grid, out, _ = _problem_grid(tmp_path, same_ids=False)
+    res = aggregate(grid, plan_cells(grid, out))
+    b = res["pairs"][0]["heldout"]["bootstrap"]
+    assert b["available"] is False and "different problems" in b["why"]
+
+
+def test_compact_metrics_and_rederived_report(tmp_path):
+    grid, out, _ = _problem_grid(tmp_path)
+    plans = plan_cells(grid, out)
+    res = aggregate(grid, plans)
+    for p in plans:
+        write_compact_metrics(p.run_dir, out / "metrics", p.cell.name)
+    rows = [json.loads(line) for line in gzip.open(out / "metrics" / "vapo-s0.jsonl.gz", "rt")]
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[0]["explained_variance"] is None  # NaN → null
+    ev = [json.loads(line) for line in gzip.open(out / "metrics" / "vapo-s0.eval.jsonl.gz", "rt")]
+    last = [r for r in ev if r["iteration"] == 2 and r["split"] == "heldout"][0]
+    assert last["problem_ids"] == ["00", "01", "02", "03"] and last["problem_correct"] == [4, 3, 4, 2]
+    first = (out / "metrics" / "vapo-s0.jsonl.gz").read_bytes()
+    write_compact_metrics(out / "vapo-s0", out / "metrics", "vapo-s0")
+    assert (out / "metrics" / "vapo-s0.jsonl.gz").read_bytes() == first  # same rows, same bytes
+    # compare.json + metrics/ alone give back the same statistics
+    old = json.loads(json.dumps(res))
+    again = reaggregate(old, out / "metrics")
+    for split in ("heldout", "long"):
+        for p, q in zip(res["pairs"], again["pairs"], strict=True):
+            for key in ("diffs", "p_t", "p_holm", "p_sign_flip", "mde80", "lo", "hi"):
+                assert q[split][key] == p[split][key]
+            assert q[split]["bootstrap"] == p[split]["bootstrap"]
+    assert again["variants"]["vapo"]["heldout"] == res["variants"]["vapo"]["heldout"]
+    assert again["variants"]["vapo"]["samples_to_threshold"] == res["variants"]["vapo"]["samples_to_threshold"]
+    # without the metrics the per-problem bootstrap is unavailable, and says so
+    bare = reaggregate(old)
+    assert bare["pairs"][0]["heldout"]["bootstrap"]["available"] is False

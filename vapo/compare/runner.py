@@ -19,7 +19,9 @@ so no orphan keeps writing into the grid.
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import signal
 import subprocess
@@ -37,6 +39,7 @@ from vapo.compare.grid import Cell, Grid, check_same_config
 from vapo.errors import VapoError
 
 STATUS_FILE = "status.json"
+METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz and <cell>.eval.jsonl.gz: the curves, small enough to commit
 
 
 def _pdeathsig() -> Callable[[], None] | None:
@@ -294,7 +297,60 @@ def run_cells(grid: Grid, out: Path, *, jobs: int = 1, progress: bool = True) ->
     _write_status(out, plans)
     complete = pool.run(queue, on_done, on_start)
     _write_status(out, plans)
+    for p in plans:
+        if (p.run_dir / "summary.json").is_file():
+            write_compact_metrics(p.run_dir, out / METRICS_DIR, p.cell.name)
     return plans, complete
+
+
+def _compact(x: Any) -> Any:
+    """Numbers rounded to 6 significant digits, non-finite → None; strings kept only in lists
+    (problem ids); other values dropped (returned as ...)."""
+    if isinstance(x, bool):
+        return int(x)
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    if isinstance(x, dict):
+        d = {str(k): _compact(v) for k, v in x.items()}
+        return {k: v for k, v in d.items() if v is not ...}
+    if isinstance(x, list | tuple):
+        return [v if isinstance(v, str) else _compact(v) for v in x]
+    return ...
+
+
+def _write_gz(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # mtime 0: same bytes for same rows
+        for r in rows:
+            f.write((json.dumps(r, separators=(",", ":")) + "\n").encode())
+    os.replace(tmp, path)
+
+
+def write_compact_metrics(run_dir: Path, dest: Path, cell: str) -> dict[str, Path]:
+    """The numeric columns of a cell's metrics.jsonl (one row per RL iteration) and its
+    evaluations (eval.jsonl: accuracy, by size, pass@k, per-problem correct answers) as
+    ``dest/<cell>.jsonl.gz`` and ``dest/<cell>.eval.jsonl.gz``: what the curves and the
+    per-problem bootstrap need, a few kB per cell, so that a grid's report can be re-derived
+    from the repository. The split name of an evaluation is kept."""
+    from vapo.train.rundir import read_jsonl
+
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for src, name in (("metrics.jsonl", f"{cell}.jsonl.gz"), ("eval.jsonl", f"{cell}.eval.jsonl.gz")):
+        rows = read_jsonl(run_dir / src)
+        if not rows:
+            continue
+        compact = []
+        for r in rows:
+            c = _compact(r)
+            if "split" in r:
+                c["split"] = r["split"]
+            compact.append(c)
+        paths[src] = dest / name
+        _write_gz(paths[src], compact)
+    return paths
 
 
 def diagnose_runs(targets: list[tuple[str, Path]], out: Path, *, jobs: int, quick: bool, progress: bool) -> dict[str, Path]:

@@ -2,13 +2,17 @@
 
 The evaluation set of a split is fixed by (task, split, seed): the same prompts before and after
 training, and its sampling uses its own generator, so evaluating never changes a training run's
-random stream (resume stays exact).
+random stream (resume stays exact). A training run evaluates with ``eval_seed(its seed)``, so runs
+of one seed (the variants of a comparison) answer the same problems and runs of different seeds
+answer different ones. Each evaluation records every problem's id and its number of correct
+answers, so that comparisons can resample problems.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,19 @@ from vapo.tasks import sample_problems
 from vapo.train.collect import RewardSettings, rollout_and_score
 
 SPLITS = ("heldout", "long")
+EVAL_SEED = 1234  # evaluation seed of training seed 0 (and of `vapo eval` and `vapo diagnose`)
+
+
+def eval_seed(train_seed: int) -> int:
+    """The evaluation seed of a training run: EVAL_SEED + its seed (seed 0 keeps the set every run
+    evaluated on before evaluation sets were drawn per seed)."""
+    return EVAL_SEED + int(train_seed)
+
+
+def problem_id(problem: Any) -> str:
+    """A short stable id of a problem (CRC-32 of prompt and answer, 8 hex digits)."""
+    key = (problem.prompt + "\x00" + problem.answer).encode()
+    return f"{zlib.crc32(key):08x}"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -45,13 +62,14 @@ def evaluate_split(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
-    seed: int = 1234,
+    seed: int = EVAL_SEED,
     batch_size: int = 512,
 ) -> dict[str, Any]:
     """Sample ``samples`` answers for each of ``prompts`` fixed problems of ``split`` and score them.
 
     Returns accuracy (avg@samples), accuracy by problem size (the task's length knob), pass@k for
-    k = 1..samples, mean response length and the truncation rate.
+    k = 1..samples, mean response length, the truncation rate, the seed, and per problem (in draw
+    order) its id and number of correct answers (``problem_ids``, ``problem_correct``).
     """
     problems = eval_problems(task, split, prompts, seed)
     settings = RewardSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -78,6 +96,9 @@ def evaluate_split(
         "samples": samples,
         "temperature": temperature,
         "top_p": top_p,
+        "seed": seed,
+        "problem_ids": [problem_id(p) for p in problems],
+        "problem_correct": per_prompt,
     }
 
 

@@ -26,7 +26,7 @@ from vapo.models import validate_model
 from vapo.train import distributed
 from vapo.train.batch import Experience
 from vapo.train.checkpoint import latest_good_checkpoint
-from vapo.train.evaluate import SPLITS, evaluate_split
+from vapo.train.evaluate import SPLITS, eval_seed, evaluate_split
 from vapo.train.faults import DivergenceError
 from vapo.train.rundir import RunLock, append_jsonl, new_run_dir, plan_run_dir, read_jsonl
 from vapo.train.sinks import JsonlSink, Sinks, make_sinks, validate_sinks
@@ -90,6 +90,7 @@ def _evaluate_splits(trainer: Trainer, ui: UI) -> dict[str, Any]:
         r = evaluate_split(
             trainer.policy, trainer.tokenizer, trainer.task, split, prompts=cfg.eval.prompts, samples=cfg.eval.samples,
             temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+            seed=eval_seed(cfg.seed),
         )
         r["iteration"] = trainer.iteration
         append_jsonl(trainer.run_dir / "eval.jsonl", r)
