@@ -21,7 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vapo.errors import ConfigError, did_you_mean
+from vapo.algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, check_extra
+from vapo.errors import ConfigError, VapoError, did_you_mean, unknown_name_error
+from vapo.tasks import TASKS
+from vapo.tasks.gym import PREFIX as GYM_PREFIX
+from vapo.train.sinks import validate_sinks
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("ppo", "vc_ppo", "grpo", "dr_grpo", "dapo", "vapo")
@@ -397,6 +401,7 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     then sees the same number of answers. optim.old_logprobs=sampler needs temperature 1: the
     ratio's old log-probs and the trained log-probs must be of the same distribution.
     """
+    check_names(cfg, source)
     cc = cfg.algo.critic
     if not cc.enabled:
         # Their defaults are inert without a critic (e.g. --preset vapo --set algo.critic.enabled=false);
@@ -434,6 +439,39 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
             "are reused as the PPO ratio's old log-probs only where they are the policy's own distribution",
             where=source, fix="set optim.old_logprobs=recompute (a forward pass at the sampling temperature), or rollout.temperature=1",
         )
+
+
+def check_names(cfg: Config, source: str = "config") -> None:
+    """Every name the config keeps as a plain string must be in its registry, read as it is now
+    (plug-ins may have added entries): advantage estimator (and the knobs of its
+    ``algo.advantage.extra``), policy loss, aggregation mode, task, metric sinks. An unknown name
+    is refused with a did-you-mean hint before any work starts. (A reasoning-gym dataset,
+    ``rg:<name>``, is checked against reasoning-gym's own list when the task is built, still
+    before the run directory exists: importing reasoning-gym takes seconds.)"""
+    a, pl = cfg.algo.advantage, cfg.algo.policy_loss
+    for value, registry, field in ((a.estimator, ADVANTAGE_ESTIMATORS, "algo.advantage.estimator"),
+                                   (pl.name, POLICY_LOSSES, "algo.policy_loss.name"),
+                                   (pl.agg_mode, LOSS_AGG_MODES, "algo.policy_loss.agg_mode")):
+        if value not in registry:
+            raise _as_config_error(unknown_name_error(registry.kind, value, registry, where=f"{source}: {field}"))
+    try:
+        check_extra(a.estimator, a.extra)
+    except VapoError as e:
+        raise _as_config_error(e, source) from None
+    task = cfg.task.name
+    if not task.startswith(GYM_PREFIX) and task not in TASKS:
+        known = [*TASKS, f"{GYM_PREFIX}<dataset>"]
+        raise ConfigError(f"unknown task {task!r}.{did_you_mean(task, known)}", where=f"{source}: task.name",
+                          fix=f"use one of: {', '.join(known)}")
+    try:
+        validate_sinks(cfg)
+    except VapoError as e:
+        raise _as_config_error(e, source) from None
+
+
+def _as_config_error(e: VapoError, source: str | None = None) -> ConfigError:
+    where = f"{source}: {e.where}" if source and e.where else e.where
+    return ConfigError(e.what, where=where, fix=e.fix)
 
 
 def load_config_file(path: str | Path) -> Config:

@@ -6,10 +6,12 @@ per-sequence tensors are [B]. See docs/contracts.md (section vapo.algos).
 
 from vapo.algos.advantages import (
     ADVANTAGE_ESTIMATORS,
+    ESTIMATOR_EXTRAS,
     AdvantageInput,
     AdvantageOutput,
     AdvantageParams,
     adaptive_lambda,
+    check_extra,
     decoupled_gae,
     discounted_reverse_cumsum,
     dr_grpo_advantages,
@@ -18,6 +20,7 @@ from vapo.algos.advantages import (
     masked_gae,
     masked_gae_reference,
     register_advantage_estimator,
+    resolve_actor_lambda,
     rloo_advantages,
 )
 from vapo.algos.groups import GroupStats, group_stats
@@ -53,6 +56,7 @@ from vapo.algos import pathways  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "ESTIMATOR_EXTRAS",
     "LOSS_AGG_MODES",
     "POLICY_LOSSES",
     "AdvantageInput",
@@ -60,6 +64,7 @@ __all__ = [
     "AdvantageParams",
     "GroupStats",
     "adaptive_lambda",
+    "check_extra",
     "aggregate_loss",
     "decoupled_gae",
     "discounted_reverse_cumsum",
@@ -86,6 +91,7 @@ __all__ = [
     "policy_loss_kl_cov",
     "positive_nll_loss",
     "register_advantage_estimator",
+    "resolve_actor_lambda",
     "register_loss_agg_mode",
     "register_policy_loss",
     "rloo_advantages",

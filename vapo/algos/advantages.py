@@ -11,7 +11,7 @@ registry at the bottom. Masked positions hold exactly 0 in every output.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 
 from vapo.algos.groups import group_stats
-from vapo.errors import VapoError
+from vapo.errors import VapoError, did_you_mean
 from vapo.registry import Registry
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "ESTIMATOR_EXTRAS",
     "AdvantageInput",
     "AdvantageOutput",
     "AdvantageParams",
     "adaptive_lambda",
+    "check_extra",
     "decoupled_gae",
     "discounted_reverse_cumsum",
     "dr_grpo_advantages",
@@ -39,6 +41,7 @@ __all__ = [
     "passk_advantages",
     "passk_credit",
     "register_advantage_estimator",
+    "resolve_actor_lambda",
     "rloo_advantages",
 ]
 
@@ -579,10 +582,56 @@ ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimat
                                                               where="get_advantage_estimator")
 
 
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator: ``@register_advantage_estimator("my_est")`` makes ``fn(inp, params) ->
-    AdvantageOutput`` available by name. Registering a taken name raises VapoError."""
-    return ADVANTAGE_ESTIMATORS.register(name)
+# estimator name -> {knob of params.extra: the types its value may have}. An estimator reads only
+# the knobs it declares here; a config naming any other knob is refused (vapo.config).
+ExtraSpec = Mapping[str, tuple[type, ...]]
+ESTIMATOR_EXTRAS: dict[str, dict[str, tuple[type, ...]]] = {}
+
+
+def register_advantage_estimator(name: str, *, extra: ExtraSpec | None = None
+                                 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: ``@register_advantage_estimator("my_est", extra={"knob": (float,)})`` makes
+    ``fn(inp, params) -> AdvantageOutput`` available by name. ``extra`` declares the knobs the
+    estimator reads from ``params.extra`` and the types each may take (none by default);
+    :func:`check_extra` refuses any other. Registering a taken name raises VapoError."""
+    deco = ADVANTAGE_ESTIMATORS.register(name)
+
+    def register(fn: AdvantageEstimator) -> AdvantageEstimator:
+        out = deco(fn)
+        ESTIMATOR_EXTRAS[name] = {k: tuple(v) for k, v in (extra or {}).items()}
+        return out
+
+    return register
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def check_extra(name: str, extra: Mapping[str, Any], where: str = "algo.advantage.extra") -> None:
+    """Refuse knobs of ``extra`` that estimator ``name`` does not declare, or of a type it does
+    not accept (a misspelled knob would otherwise be silently ignored)."""
+    spec = ESTIMATOR_EXTRAS.get(name, {})
+    for key, value in extra.items():
+        if key not in spec:
+            known = ", ".join(sorted(spec)) or "none"
+            raise VapoError(f"the {name!r} estimator has no knob {key!r}.{did_you_mean(str(key), spec)}",
+                            where=f"{where}.{key}", fix=f"knobs of {name}: {known}")
+        types = spec[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise VapoError(f"{where}.{key} of the {name!r} estimator must be {_type_names(types)}, "
+                            f"got {value!r}", where=f"{where}.{key}", fix=f"give a {_type_names(types)} value")
+
+
+def resolve_actor_lambda(params: AdvantageParams, response_mask: torch.Tensor
+                         ) -> float | torch.Tensor:
+    """The actor's GAE λ: ``params.lam_actor``, or when it is None the length-adaptive
+    λ(l) = 1 − 1/(α·l) of each row of ``response_mask`` [B, T] ([B] float32; an empty row counts
+    as length 1). The one place an estimator turns "adaptive" into numbers."""
+    if params.lam_actor is not None:
+        return params.lam_actor
+    lengths = response_mask.to(torch.float32).sum(-1).clamp_min(1.0)  # empty rows: any
+    return adaptive_lambda(lengths, params.alpha)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
@@ -598,10 +647,7 @@ def _gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
                         where="AdvantageInput.values",
                         fix="pass the critic's [B, T] values, or use a critic-free estimator "
                             "(grpo, dr_grpo, rloo)")
-    lam_actor: float | torch.Tensor | None = params.lam_actor
-    if lam_actor is None:
-        lengths = inp.response_mask.to(torch.float32).sum(-1).clamp_min(1.0)  # empty rows: any
-        lam_actor = adaptive_lambda(lengths, params.alpha)
+    lam_actor = resolve_actor_lambda(params, inp.response_mask)
     adv, ret = decoupled_gae(inp.token_rewards, inp.values, inp.response_mask,
                              params.gamma, lam_actor, params.lam_critic)
     return AdvantageOutput(adv, ret)

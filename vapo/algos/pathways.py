@@ -64,10 +64,10 @@ from vapo.algos.advantages import (
     AdvantageInput,
     AdvantageOutput,
     AdvantageParams,
-    adaptive_lambda,
     dr_grpo_advantages,
     masked_gae,
     register_advantage_estimator,
+    resolve_actor_lambda,
 )
 from vapo.algos.groups import group_stats
 from vapo.errors import VapoError
@@ -366,7 +366,8 @@ def error_aware_lambda(
     return torch.tensor(grid, dtype=torch.float64)[idx]
 
 
-@register_advantage_estimator("gae_error_aware")
+@register_advantage_estimator("gae_error_aware", extra={
+    "lambda_grid": (list, tuple), "min_group_var": (int, float), "noise_var": (int, float, type(None))})
 def gae_error_aware(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GAE with a per-sequence, critic-error-aware λ (registered as "gae_error_aware").
 
@@ -463,7 +464,8 @@ def anchor_values(
     return ((v + delta[:, None] * w) * m).to(values.dtype)
 
 
-@register_advantage_estimator("gae_mc_anchored")
+@register_advantage_estimator("gae_mc_anchored", extra={"anchor_strength": (int, float),
+                                                        "anchor_profile": (str,)})
 def gae_mc_anchored(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GAE on MC-anchored values (registered as "gae_mc_anchored").
 
@@ -484,11 +486,7 @@ def gae_mc_anchored(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
         strength=float(extra.get("anchor_strength", 1.0)),
         profile=str(extra.get("anchor_profile", "linear")),
     )
-    if params.lam_actor is None:
-        lengths = inp.response_mask.to(torch.float64).sum(dim=1).clamp(min=1.0)  # empty rows: any
-        lam = adaptive_lambda(lengths, alpha=params.alpha).to(inp.values.dtype)
-    else:
-        lam = params.lam_actor
+    lam = resolve_actor_lambda(params, inp.response_mask)
     adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
     _, ret = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=params.lam_critic)
     return AdvantageOutput(advantages=adv, returns=ret)
@@ -615,7 +613,7 @@ def vine_advantages(token_rewards: torch.Tensor, values: torch.Tensor, point_mas
     return torch.where(response_mask.bool(), adv, 0.0).to(values.dtype)
 
 
-@register_advantage_estimator("vine")
+@register_advantage_estimator("vine", extra={"vine_credit": (str,)})
 def vine(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """Monte-Carlo values instead of a critic (registered as "vine"; VinePPO).
 
@@ -640,11 +638,7 @@ def vine(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
                             fix="set algo.advantage.gamma=1.0 (Monte-Carlo values are undiscounted)")
         return AdvantageOutput(vine_advantages(inp.token_rewards, inp.values, points, inp.response_mask), None)
     v = fill_mc_values(inp.values, points, inp.response_mask)
-    if params.lam_actor is None:
-        lengths = inp.response_mask.to(torch.float64).sum(dim=1).clamp(min=1.0)
-        lam: float | torch.Tensor = adaptive_lambda(lengths, alpha=params.alpha)
-    else:
-        lam = params.lam_actor
+    lam = resolve_actor_lambda(params, inp.response_mask)
     adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
     return AdvantageOutput(adv, None)
 
