@@ -2,6 +2,10 @@
 
 * :func:`progress_ui` is a rich ``Progress`` (disabled when progress is off) wrapped in the
   three calls the training and diagnostics code makes: ``add_task``, ``update``, ``log``.
+  When output is not a terminal (a log file, CI, ``nohup``) bars are not drawn; plain lines are
+  printed instead (:class:`PlainLines`): one when a phase starts, then every ``PLAIN_EVERY_STEPS``
+  tenth of it or every ``PLAIN_EVERY_S`` seconds, whichever comes first — phase, step/total, the
+  phase's key metric, elapsed time and ETA — so a piped run is never silent for long.
 * :func:`graceful_interrupts` turns the first Ctrl-C / SIGTERM into a flag that the loop checks
   between steps (finish the step, checkpoint, exit cleanly); a second one stops at once.
 """
@@ -9,9 +13,12 @@
 from __future__ import annotations
 
 import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.progress import (
     BarColumn,
@@ -22,22 +29,136 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+PLAIN_EVERY_S = 30.0  # a plain progress line at least this often while a phase runs
+PLAIN_EVERY_STEPS = 10  # ... and each time a phase has advanced by a tenth of its total
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class PlainLines:
+    """Progress as plain lines, for output that is not a terminal.
+
+    ``add_task`` prints the phase's first line; ``update`` prints one when the phase has advanced
+    by 1/``PLAIN_EVERY_STEPS`` of its total since the last line, or ended; a heartbeat thread
+    prints the running phases' state when nothing was printed for ``every_s`` seconds (a slow
+    step never leaves the output silent). A line: ``[vapo] <phase>  <done>/<total>  <info>
+    elapsed <t>  eta <t>``.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = PLAIN_EVERY_S,
+                 clock: Any = time.monotonic):
+        self.stream = stream if stream is not None else sys.stdout
+        self.every_s = every_s
+        self.clock = clock
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.last_print = clock()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _line(self, t: dict[str, Any]) -> str:
+        now = self.clock()
+        elapsed = now - t["start"]
+        done, total = t["completed"], t["total"]
+        parts = [f"[vapo] {t['description']}"]
+        parts.append(f"{done:g}/{total:g}" if total is not None else f"{done:g}")
+        if t["info"]:
+            parts.append(str(t["info"]))
+        parts.append(f"elapsed {_clock(elapsed)}")
+        ran = done - t["start_completed"]
+        if total is not None and 0 < ran and done < total:
+            parts.append(f"eta {_clock(elapsed / ran * (total - done))}")
+        return "  ".join(parts)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self.last_print = self.clock()
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
+                 **_: Any) -> int:
+        with self.lock:
+            tid = len(self.tasks)
+            self.tasks[tid] = {"description": description, "total": total, "completed": completed,
+                               "start_completed": completed, "info": info, "start": self.clock(),
+                               "printed_at": completed, "visible": True}
+            self._print(self._line(self.tasks[tid]))
+            return tid
+
+    def update(self, task_id: int, advance: float | None = None, completed: float | None = None,
+               total: float | None = None, info: str | None = None, visible: bool | None = None, **_: Any) -> None:
+        with self.lock:
+            t = self.tasks[task_id]
+            if total is not None:
+                t["total"] = total
+            if completed is not None:
+                t["completed"] = completed
+            if advance is not None:
+                t["completed"] += advance
+            if info is not None:
+                t["info"] = info
+            if visible is not None:
+                t["visible"] = visible
+            step = max(1.0, (t["total"] or 0) / PLAIN_EVERY_STEPS)
+            ended = t["total"] is not None and t["completed"] >= t["total"]
+            due = t["completed"] - t["printed_at"] >= step or self.clock() - self.last_print >= self.every_s
+            if t["visible"] and t["completed"] != t["printed_at"] and (ended or due):
+                t["printed_at"] = t["completed"]
+                self._print(self._line(t))
+
+    def log(self, text: str) -> None:
+        with self.lock:
+            self._print(text)
+
+    def heartbeat(self) -> None:
+        """Print the unfinished phases' state if nothing was printed for ``every_s`` seconds."""
+        with self.lock:
+            if self.clock() - self.last_print < self.every_s:
+                return
+            running = [t for t in self.tasks.values()
+                       if t["visible"] and (t["total"] is None or t["completed"] < t["total"])]
+            for t in running[-1:]:  # the innermost running phase (the one that is slow)
+                self._print(self._line(t) + "  (still running)")
+
+    def __enter__(self) -> PlainLines:
+        def beat() -> None:
+            while not self._stop.wait(min(5.0, self.every_s)):
+                self.heartbeat()
+
+        self._thread = threading.Thread(target=beat, name="vapo-progress-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
 
 class UI:
-    """Progress bars of one command (a rich ``Progress``; with ``disable=True`` nothing is drawn)."""
+    """Progress bars of one command (a rich ``Progress``; with ``disable=True`` nothing is drawn),
+    or plain lines (``plain``, a :class:`PlainLines`) when output is not a terminal."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: Progress, plain: PlainLines | None = None):
         self.progress = progress
+        self.plain = plain
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> int:
+        if self.plain is not None:
+            return self.plain.add_task(description, total=total, completed=completed, info=info)
         return self.progress.add_task(description, total=total, completed=completed, info=info)
 
     def update(self, task_id: int, **kw: Any) -> None:
+        if self.plain is not None:
+            self.plain.update(task_id, **kw)
+            return
         self.progress.update(task_id, **kw)
 
     def log(self, *args: Any) -> None:
         """A message above the bars (printed even when the bars are off)."""
         self.progress.console.print(*args)
+        if self.plain is not None:
+            self.plain.last_print = self.plain.clock()
 
 
 def _progress(enabled: bool) -> Progress:
@@ -49,8 +170,17 @@ def _progress(enabled: bool) -> Progress:
 
 
 @contextmanager
-def progress_ui(enabled: bool) -> Iterator[UI]:
-    """Progress bars for the duration of the ``with`` block (none drawn when not ``enabled``)."""
+def progress_ui(enabled: bool, plain: bool | None = None) -> Iterator[UI]:
+    """Progress bars for the duration of the ``with`` block (none drawn when not ``enabled``).
+    ``plain`` (default: when stdout is not a terminal): plain progress lines instead of bars."""
+    if enabled:
+        probe = _progress(False)
+        if plain is None:
+            plain = not probe.console.is_terminal
+        if plain:
+            with PlainLines() as lines:
+                yield UI(probe, lines)
+            return
     with _progress(enabled) as p:
         yield UI(p)
 
@@ -89,4 +219,4 @@ def graceful_interrupts() -> Iterator[StopFlag]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-__all__ = ["UI", "StopFlag", "graceful_interrupts", "progress_ui", "quiet_ui"]
+__all__ = ["UI", "PlainLines", "StopFlag", "graceful_interrupts", "progress_ui", "quiet_ui"]

@@ -1,0 +1,63 @@
+"""Progress without a terminal: plain lines per phase, every tenth of it, and a heartbeat."""
+
+from __future__ import annotations
+
+import io
+
+from vapo.train.ui import PlainLines, progress_ui
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_phase_prints_its_start_every_tenth_and_its_end():
+    out, clock = io.StringIO(), Clock()
+    p = PlainLines(out, every_s=30.0, clock=clock)
+    tid = p.add_task("RL vapo", total=40)
+    for i in range(40):
+        clock.t += 1.0
+        p.update(tid, advance=1, info=f"acc {i / 40:.2f}")
+    lines = out.getvalue().splitlines()
+    # start, then every 4 steps (a tenth of 40): 4, 8, ..., 40
+    assert len(lines) == 1 + 10, lines
+    assert lines[0].startswith("[vapo] RL vapo  0/40")
+    assert lines[1].startswith("[vapo] RL vapo  4/40  acc 0.07  elapsed 0m04s  eta 0m36s")
+    assert lines[-1].startswith("[vapo] RL vapo  40/40  acc 0.97  elapsed 0m40s")
+    assert "eta" not in lines[-1]
+
+
+def test_slow_steps_print_every_interval_and_the_heartbeat_fills_long_gaps():
+    out, clock = io.StringIO(), Clock()
+    p = PlainLines(out, every_s=30.0, clock=clock)
+    tid = p.add_task("SFT warm start", total=1500, info="")
+    clock.t += 31.0
+    p.update(tid, advance=1, info="loss 2.000")  # 1 step < a tenth, but 31 s since the last line
+    assert out.getvalue().splitlines()[-1].startswith("[vapo] SFT warm start  1/1500  loss 2.000  elapsed 0m31s  eta 12h")
+    n = len(out.getvalue().splitlines())
+    clock.t += 10.0
+    p.heartbeat()  # 10 s of silence: nothing
+    assert len(out.getvalue().splitlines()) == n
+    clock.t += 25.0
+    p.heartbeat()  # 35 s of silence: the running phase's state
+    last = out.getvalue().splitlines()[-1]
+    assert len(out.getvalue().splitlines()) == n + 1 and last.endswith("(still running)") and "1/1500" in last
+    p.update(tid, completed=1500)
+    clock.t += 100.0
+    p.heartbeat()  # the phase ended: a heartbeat has nothing to say about it
+    assert out.getvalue().splitlines()[-1].startswith("[vapo] SFT warm start  1500/1500")
+
+
+def test_progress_ui_uses_plain_lines_when_asked_and_bars_are_off_when_disabled(capsys):
+    with progress_ui(True, plain=True) as ui:
+        tid = ui.add_task("eval @ 0", total=3)
+        ui.update(tid, advance=3, info="long acc 0.5")
+    assert "[vapo] eval @ 0  3/3  long acc 0.5" in capsys.readouterr().out
+    with progress_ui(False) as ui:
+        assert ui.plain is None
+        ui.update(ui.add_task("quiet", total=2), advance=2)
+    assert "quiet" not in capsys.readouterr().out
