@@ -60,6 +60,32 @@ def demonstration(task: Any, problem: Any, rng: random.Random, slip: float) -> s
     return problem.solution
 
 
+def sft_loss_backward(policy: Any, tokenizer: Any, problems: list[Any], micro_batches: int,
+                      device: torch.device | str) -> torch.Tensor:
+    """Backpropagate the demonstrations' token-mean NLL; returns it (detached).
+
+    With ``micro_batches`` > 1 the problems are sorted by solution length and split into that many
+    parts, each padded to its own longest sequence; each part's summed NLL is divided by the token
+    count of the whole batch, so the accumulated gradient is the one-batch token mean (up to
+    floating-point summation order) without computing the padding of the short demonstrations."""
+    if micro_batches > 1:
+        problems = sorted(problems, key=lambda p: len(p.solution))
+    n = len(problems)
+    k = min(micro_batches, n)
+    parts = [problems[i * n // k : (i + 1) * n // k] for i in range(k)]
+    batches = [demo_batch(tokenizer, part) for part in parts if part]
+    total = sum(float(b[2][:, :-1].sum()) for b in batches)
+    loss_sum = torch.zeros((), device=device)
+    for ids, attn, lmask in batches:
+        ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
+        logits = policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        part = -(logp * lmask[:, :-1]).sum() / total
+        part.backward()
+        loss_sum += part.detach()
+    return loss_sum
+
+
 def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = None, stop: Any = None) -> list[float]:
     """Train ``policy`` in place on demonstrations; returns the loss per step."""
     s = cfg.sft
@@ -86,14 +112,8 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
         problems = sample_problems(task, rng, s.batch_size, "train")
         if slips:
             problems = [dataclasses.replace(p, solution=demonstration(task, p, rng, s.teacher_slip)) for p in problems]
-        ids, attn, lmask = demo_batch(tokenizer, problems)
-        ids, attn, lmask = ids.to(device), attn.to(device), lmask.to(device)
-        logits = policy(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        m = lmask[:, :-1]
-        loss = -(logp * m).sum() / m.sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = sft_loss_backward(policy, tokenizer, problems, s.micro_batches, device)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -102,6 +122,19 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
             ui.update(task_id, advance=1, info=f"loss {loss.item():.3f}")
     policy.eval()
     return losses
+
+
+def warm_start_key(cfg: Config) -> str:
+    """The cache key of a warm start: a hash of the task, model, SFT config and seed. SFT fields
+    that do not change the result at their default are left out (``sft.micro_batches=1`` is the
+    one-batch step every earlier warm start used), so existing caches stay valid."""
+    import hashlib
+    import json
+
+    d = {k: cfg.to_dict()[k] for k in ("task", "model", "sft", "seed")}
+    if d["sft"].get("micro_batches") == 1:
+        del d["sft"]["micro_batches"]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None,
@@ -117,7 +150,7 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
     from vapo.models.hf import apply_model_options, load_model, model_options
     from vapo.models.tokenizer import prompt_format, set_prompt_format
 
-    key = cfg.hash("task", "model", "sft", "seed")
+    key = warm_start_key(cfg)
     cached = cache_root() / "sft" / key
     if cfg.sft.cache and cfg.sft.steps > 0 and (cached / "COMPLETE").is_file():
         if ui is not None:
