@@ -133,5 +133,8 @@ def test_lengths_span_10x_reach_512_tokens_and_fit_the_context(task):
     assert max(n_tok["train"]) >= 512
     assert max(n_tok["train"]) >= 10 * min(n_tok["train"])
     assert min(n_tok["long"]) > max(n_tok["train"])
+    sizes = [random.Random(k).randint(4, 64) for k in range(2001)]  # train sizes are drawn uniformly
+    median = sorted(len(task.generate(rng, n)[2]) for n in sizes)[len(sizes) // 2]
+    assert median >= 200, median  # the long regime: a median answer of >= 200 tokens
     for name, s in MODEL_SIZES.items():
         assert max(full) <= s.max_position_embeddings, name
