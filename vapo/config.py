@@ -48,9 +48,7 @@ class AdvantageConfig(_Section):
     alpha: float = Field(
         0.5,
         gt=0.0,
-        description="α of length-adaptive λ. Paper: 0.05 for answers of thousands of tokens. On the default task "
-        "(~18-token answers) α = 0.05, 0.01, 0.5, fixed λ 0.95 and λ = 1 end within 3 points of each other with "
-        "no separating 95% interval (examples/lambda.yaml, docs/compare.md), so the default stayed 0.5",
+        description="α of length-adaptive λ (paper: 0.05, for answers of thousands of tokens); the choice of the default is measured in docs/presets.md",
     )
     eps: float = Field(1e-6, gt=0.0, description="ε added to the group std in GRPO's z-score")
     whiten: bool = Field(False, description="whiten advantages over the batch's tokens (not stated by VAPO; off)")
@@ -88,7 +86,7 @@ class CriticConfig(_Section):
     probe_answers: int = Field(128, ge=1, description="held-out answers of the critic's Monte-Carlo probe (one per prompt, sampled from the policy)")
     probe_positions: list[float] = Field([0.0, 0.25, 0.5, 0.75], min_length=1, description="relative positions ρ in each probe answer whose state values are estimated")
     probe_continuations: int = Field(8, ge=1, description="continuations M per probe state (Monte-Carlo value V̂ = mean of M rewards)")
-    probe_every: int = Field(50, ge=0, description="re-draw the probe (the policy has moved) and log critic/ev, critic/achievable_ev, critic/rmse_vs_mc, critic/bias_vs_mc every N RL iterations (0 = never); one probe costs about 3 default iterations, so 50 keeps it near 6% of training time")
+    probe_every: int = Field(50, ge=0, description="re-draw the probe (the policy has moved) and log critic/ev, critic/achievable_ev, critic/rmse_vs_mc, critic/bias_vs_mc every N RL iterations (0 = never); the cost of a probe and the choice of 50: docs/training.md")
     value_clip: float | None = Field(None, gt=0.0, description="ε_v of the clipped value loss (null = unclipped)")
     coef: float = Field(1.0, gt=0.0, description="weight of the value loss (a token mean over the loss mask: with overlong.filter_truncated, truncated responses leave the critic's loss too)")
 
@@ -146,7 +144,7 @@ class ModelConfig(_Section):
 class SFTConfig(_Section):
     steps: int = Field(1500, ge=0, description="supervised warm-start steps on task demonstrations (0 = none)")
     batch_size: int = Field(32, ge=1, description="SFT batch size")
-    lr: float = Field(1e-3, gt=0.0, description="SFT learning rate (AdamW, cosine decay; 3e-3 left some seeds of the micro model with systematic copying errors)")
+    lr: float = Field(1e-3, gt=0.0, description="SFT learning rate (AdamW, cosine decay; learning rates tried: docs/training.md)")
     warmup_steps: int = Field(20, ge=0, description="SFT warm-up steps")
     teacher_slip: float = Field(0.2, ge=0.0, lt=1.0, description="per-step probability that a demonstration slips (tasks with a slip model, e.g. rewrite_sum): the warm start imitates a sloppy teacher and RL must learn to be more careful than it")
     cache: bool = Field(True, description="cache the warm-start weights under ~/.cache/vapo keyed by a hash of what determines them")
@@ -161,7 +159,7 @@ class RolloutConfig(_Section):
 
 
 class OptimConfig(_Section):
-    actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; on the micro model 3e-4 stalled and 1e-3 collapsed, see docs/training.md)")
+    actor_lr: float = Field(1e-4, gt=0.0, description="actor learning rate (AdamW, warm-up then constant; paper 1e-6 at 32B; learning rates tried on the micro model: docs/training.md)")
     critic_lr: float = Field(3e-3, gt=0.0, description="critic learning rate (paper 2e-6 at 32B: the critic must keep pace)")
     warmup_steps: int = Field(5, ge=0, description="lr warm-up in optimizer steps")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
@@ -169,7 +167,7 @@ class OptimConfig(_Section):
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW β2 of actor and critic")
     grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm for actor and critic")
     ppo_epochs: int = Field(1, ge=1, description="passes over each iteration's rollout; optimizer steps per iteration = ppo_epochs × minibatches")
-    minibatches: int = Field(4, ge=1, description="mini-batches per rollout and epoch (each one optimizer step); must divide prompts_per_iter × group_size. 4: the most held-out gain per wall-clock second of 1, 2, 4 on the default task (docs/training.md, 'The PPO schedule'); 1 × 1 epoch = one step per rollout (old policy = current: ratios are 1, nothing clips)")
+    minibatches: int = Field(4, ge=1, description="mini-batches per rollout and epoch (each one optimizer step); must divide prompts_per_iter × group_size; why 4: docs/training.md, 'The PPO schedule'; 1 × 1 epoch = one step per rollout (old policy = current: ratios are 1, nothing clips)")
     old_logprobs: Literal["sampler", "recompute"] = Field("sampler", description="where the PPO ratio's old log-probs come from when there are several optimizer steps: the sampler's own (requires rollout.temperature=1, top_p=1) or a teacher-forced forward pass of the policy before the update")
     micro_batch_tokens: int = Field(8192, ge=1, description="max padded tokens (rows × (prompt + answer)) per forward pass: a minibatch's gradient is accumulated over length-sorted micro-batches of this size, which bounds memory and skips the padding of short answers (raise it on a GPU)")
 
@@ -317,8 +315,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of preset ``name`` (validated keys, not yet merged).
+def preset_dict(name: str, *, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping of preset ``name`` (validated keys, not yet merged over the defaults).
+
+    A preset file may start from another preset with ``base: <name>`` and hold only what it
+    changes: its mapping is then the base's, deep-merged with its own (bases may chain; a cycle or
+    an unknown base is an error naming the file).
 
     ``name`` is one of PRESETS (``presets/<name>.yaml``) or an ablation preset
     (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``).
@@ -331,8 +333,22 @@ def preset_dict(name: str) -> dict[str, Any]:
         )
     path = PRESET_DIR / f"{name}.yaml" if name in PRESETS else PRESET_DIR / "ablations" / f"{name}.yaml"
     data = load_yaml(path)
+    base = data.pop("base", None)
     _check_keys(data, Config, "", str(path))
-    return data
+    if base is None:
+        return data
+    chain = (*_chain, name)
+    if not isinstance(base, str):
+        raise ConfigError(f"base must be a preset name, got {base!r}", where=f"{path}: base", fix="e.g. base: vapo")
+    if base in chain:
+        raise ConfigError(f"presets form a cycle through their base: {' -> '.join((*chain, base))}",
+                          where=f"{path}: base", fix="make one of them start from a preset without a base")
+    try:
+        return deep_merge(preset_dict(base, _chain=chain), data)
+    except ConfigError as e:
+        if not e.what.startswith("unknown preset"):
+            raise
+        raise ConfigError(e.what, where=f"{path}: base", fix=e.fix) from None
 
 
 def parse_value(text: str) -> Any:

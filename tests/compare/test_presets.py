@@ -74,3 +74,44 @@ def test_cli_accepts_an_ablation_preset(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vapo.cli", "train", "--preset", "vapo_no_nope", "--set",
                         f"train.runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown preset" in r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_ablation_file_is_a_diff_on_vapo(name):
+    """The file says what the ablation changes and nothing else: base vapo plus its component."""
+    data = yaml.safe_load((PRESET_DIR / "ablations" / f"{name}.yaml").read_text())
+    assert data.pop("base") == "vapo"
+    assert _flat(data) == EXPECTED[name]
+
+
+def _presets_in(tmp_path, monkeypatch, files):
+    import vapo.config as config
+
+    (tmp_path / "ablations").mkdir()
+    for n, text in files.items():
+        (tmp_path / "ablations" / f"{n}.yaml").write_text(text)
+    (tmp_path / "vapo.yaml").write_text((PRESET_DIR / "vapo.yaml").read_text())
+    monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+
+
+def test_base_chains_merge_in_order(tmp_path, monkeypatch):
+    _presets_in(tmp_path, monkeypatch, {
+        "a": "base: vapo\nalgo:\n  policy_loss:\n    eps_high: 0.3\n    nll_coef: 0.0\n",
+        "b": "base: a\nalgo:\n  policy_loss:\n    eps_high: 0.4\n",
+    })
+    c = resolve_config("b")
+    assert (c.preset, c.algo.policy_loss.eps_high, c.algo.policy_loss.nll_coef) == ("b", 0.4, 0.0)
+    assert c.algo.advantage.lam_critic == 1.0  # from vapo.yaml, two bases down
+
+
+def test_base_cycle_and_unknown_base_are_refused_naming_the_file(tmp_path, monkeypatch):
+    _presets_in(tmp_path, monkeypatch, {"x": "base: y\n", "y": "base: x\n", "z": "base: vapoo\n",
+                                        "w": "base: [vapo]\n"})
+    with pytest.raises(ConfigError, match="cycle through their base: x -> y -> x") as e:
+        resolve_config("x")
+    assert "y.yaml: base" in str(e.value)
+    with pytest.raises(ConfigError, match='unknown preset .vapoo.. Did you mean "vapo"') as e:
+        resolve_config("z")
+    assert "z.yaml: base" in str(e.value)
+    with pytest.raises(ConfigError, match="base must be a preset name"):
+        resolve_config("w")
