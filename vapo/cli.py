@@ -188,7 +188,7 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override for every cell, after the grid's base and quick and before each variant's own set (repeatable), e.g. --set train.device=cuda")] = None,
 ) -> None:
-    """Run a grid of presets and ablations × seeds and compare them with 95% CIs, beside the papers' numbers."""
+    """Run a grid of presets and ablations × seeds and compare them paired by seed (Holm-corrected), beside the papers' numbers."""
     from vapo.compare.cli import run_compare
 
     if run_compare(grid, jobs=jobs, quick=quick, out=out, diagnose=not no_diagnose, progress=not quiet,
