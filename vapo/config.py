@@ -89,6 +89,19 @@ class CriticConfig(_Section):
     probe_every: int = Field(50, ge=0, description="re-draw the probe (the policy has moved) and log critic/ev, critic/achievable_ev, critic/rmse_vs_mc, critic/bias_vs_mc every N RL iterations (0 = never); the cost of a probe and the choice of 50: docs/training.md")
     value_clip: float | None = Field(None, gt=0.0, description="ε_v of the clipped value loss (null = unclipped)")
     coef: float = Field(1.0, gt=0.0, description="weight of the value loss (a token mean over the loss mask: with overlong.filter_truncated, truncated responses leave the critic's loss too)")
+    blend: Literal["off", "ev"] = Field("off", description="ev: the actor's advantages are w·(the critic's) + (1 − w)·(R − group mean), w = the critic's explained variance against Monte-Carlo values clamped to [0, 1] (EVPO, V0.5; docs/algorithms.md, 'Critic weighted by its quality'); logged as critic_weight")
+    ev_every: int = Field(10, ge=1, description="when blend or warmup_ev needs the critic's EV against Monte-Carlo values and the iteration draws none (algo.mc_values), measure it on a fresh probe (probe_answers, probe_positions, probe_continuations) every N iterations; the last measurement holds in between")
+    steps_per_actor_step: int = Field(1, ge=1, description="critic optimizer steps per actor step (SAO): the critic makes this many passes of the PPO schedule (ppo_epochs × minibatches) per iteration")
+    warmup_ev: float | None = Field(None, gt=0.0, le=1.0, description="critic-only RL iterations at the start of RL (the actor is not updated; the iterations count against train.iterations) until the critic's EV against Monte-Carlo values reaches this (SAO); null = none")
+    warmup_max_iters: int = Field(20, ge=1, description="the critic-only warm-up (warmup_ev) ends after this many iterations whatever the EV")
+
+
+class MCValuesConfig(_Section):
+    points: int = Field(4, ge=1, description="M: Monte-Carlo points per answer (the first is the prompt state) whose state value V^π is the mean reward of K continuations (VinePPO); drawn when the estimator is vine or when rl_targets/pretrain_targets ask for them")
+    continuations: int = Field(4, ge=1, description="K: continuations sampled from each Monte-Carlo point")
+    placement: Literal["even", "lines"] = Field("even", description="where the points go: even (t = ⌊j·l/M⌋) or lines (the answer's line starts, M of them spread evenly, always t = 0)")
+    pretrain_targets: bool = Field(False, description="value pretraining regresses the critic on Monte-Carlo targets (the reward-to-go up to the next point plus its MC value) instead of the answer's 0/1 return")
+    rl_targets: bool = Field(False, description="during RL too: the critic's targets are the Monte-Carlo targets instead of the λ_critic returns (one MC draw per iteration)")
 
 
 class KLConfig(_Section):
@@ -115,6 +128,7 @@ class AlgoConfig(_Section):
     kl: KLConfig = Field(default_factory=KLConfig)
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    mc_values: MCValuesConfig = Field(default_factory=MCValuesConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,16 +336,19 @@ def preset_dict(name: str, *, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     changes: its mapping is then the base's, deep-merged with its own (bases may chain; a cycle or
     an unknown base is an error naming the file).
 
-    ``name`` is one of PRESETS (``presets/<name>.yaml``) or an ablation preset
-    (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``).
+    ``name`` is one of PRESETS (``presets/<name>.yaml``), an ablation preset
+    (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``) or a pathway preset
+    (``presets/pathways/<name>.yaml``, e.g. ``vine``; docs/pathways.md).
     """
     ablations = sorted(p.stem for p in (PRESET_DIR / "ablations").glob("*.yaml"))
-    if name not in PRESETS and name not in ablations:
-        known = [*PRESETS, *ablations]
+    pathways = sorted(p.stem for p in (PRESET_DIR / "pathways").glob("*.yaml"))
+    if name not in PRESETS and name not in ablations and name not in pathways:
+        known = [*PRESETS, *ablations, *pathways]
         raise ConfigError(
             f"unknown preset {name!r}.{did_you_mean(name, known)}", where="--preset", fix=f"use one of: {', '.join(known)}"
         )
-    path = PRESET_DIR / f"{name}.yaml" if name in PRESETS else PRESET_DIR / "ablations" / f"{name}.yaml"
+    sub = "" if name in PRESETS else "ablations" if name in ablations else "pathways"
+    path = PRESET_DIR / sub / f"{name}.yaml"
     data = load_yaml(path)
     base = data.pop("base", None)
     _check_keys(data, Config, "", str(path))
@@ -433,6 +450,7 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     if any(not 0.0 <= r < 1.0 for r in cc.probe_positions):
         raise ConfigError(f"algo.critic.probe_positions={cc.probe_positions} holds a position outside [0, 1)",
                           where=source, fix="give relative positions ρ with 0 ≤ ρ < 1, e.g. [0.0, 0.25, 0.5, 0.75]")
+    _check_value_pathways(cfg, source)
     if cfg.rollout.top_p < 1.0:
         raise ConfigError(
             f"rollout.top_p={cfg.rollout.top_p} is not supported for training: the training log-probs "
@@ -489,6 +507,28 @@ def check_names(cfg: Config, source: str = "config") -> None:
 def _as_config_error(e: VapoError, source: str | None = None) -> ConfigError:
     where = f"{source}: {e.where}" if source and e.where else e.where
     return ConfigError(e.what, where=where, fix=e.fix)
+
+
+def _check_value_pathways(cfg: Config, source: str) -> None:
+    """The Monte-Carlo value and critic-schedule options (docs/algorithms.md): refuse the ones
+    this config cannot honour."""
+    a, cc, mc = cfg.algo.advantage, cfg.algo.critic, cfg.algo.mc_values
+    vine = a.estimator == "vine"
+    critic_opts = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("blend", "steps_per_actor_step", "warmup_ev")
+                   if getattr(cc, k) != CriticConfig.model_fields[k].default]
+    critic_opts += [f"algo.mc_values.{k}=true" for k in ("pretrain_targets", "rl_targets") if getattr(mc, k)]
+    if critic_opts and not cc.enabled:
+        raise ConfigError(f"{', '.join(critic_opts)} needs a critic, and this config has none (preset {cfg.preset})",
+                          where=source, fix="drop those options, or set algo.critic.enabled=true")
+    if vine and cc.enabled:
+        raise ConfigError("the vine estimator takes Monte-Carlo values in place of a critic; this config also trains one",
+                          where=source, fix="set algo.critic.enabled=false (and pretrain_steps=0, probe_every=0)")
+    if cc.blend == "ev" and a.whiten:
+        raise ConfigError("algo.critic.blend=ev mixes advantages in reward units; algo.advantage.whiten rescales them first",
+                          where=source, fix="set algo.advantage.whiten=false")
+    if (vine or mc.pretrain_targets or mc.rl_targets) and a.gamma != 1.0:
+        raise ConfigError(f"Monte-Carlo values are undiscounted returns; algo.advantage.gamma={a.gamma}",
+                          where=source, fix="set algo.advantage.gamma=1.0")
 
 
 def load_config_file(path: str | Path) -> Config:

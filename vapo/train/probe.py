@@ -71,7 +71,8 @@ class MCEstimate:
 
     mean [K] float64: V̂(s); var_mean [K] float64: the estimated variance of V̂ (s²/M, 0 for
     exact terminal values); lo, hi [K] float64: 95% CI (Wilson for 0/1 rewards, normal otherwise;
-    equal to the value when exact); m [K] int64: continuations used (0 = exact terminal value).
+    equal to the value when exact); m [K] int64: continuations used (0 = exact terminal value);
+    gen_tokens: tokens the continuations generated (their cost).
     """
 
     mean: np.ndarray
@@ -79,6 +80,7 @@ class MCEstimate:
     lo: np.ndarray
     hi: np.ndarray
     m: np.ndarray
+    gen_tokens: int = 0
 
 
 @torch.no_grad()
@@ -112,12 +114,14 @@ def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Experience, rows: n
     todo = todo[np.argsort(budget[todo], kind="stable")]  # similar budgets share a sample() call
     per_call = max(1, max_rows // M)
     all_scores: dict[int, np.ndarray] = {}
+    gen_tokens = 0
     for s in range(0, len(todo), per_call):
         ks = todo[s : s + per_call]
         probed = np.repeat(ks, M)
         probs = [batch.problems[rows[k]] for k in probed]
         prefixes = [batch.response_ids[rows[k], : ts[k]] for k in probed]
         out = rollout_and_score(policy, tokenizer, task, probs, settings, generator=generator, prefixes=prefixes)
+        gen_tokens += int(out.lengths.sum()) - sum(len(x) for x in prefixes)
         sc = out.scores.double().numpy().reshape(len(ks), M)
         binary &= bool(np.isin(sc, (0.0, 1.0)).all())
         for i, k in enumerate(ks):
@@ -134,7 +138,7 @@ def mc_values(policy: Any, tokenizer: Any, task: Any, batch: Experience, rows: n
         else:
             half = Z95 * np.sqrt(var_mean[k])
             lo[k], hi[k] = mean[k] - half, mean[k] + half
-    return MCEstimate(mean=mean, var_mean=var_mean, lo=lo, hi=hi, m=m_used)
+    return MCEstimate(mean=mean, var_mean=var_mean, lo=lo, hi=hi, m=m_used, gen_tokens=gen_tokens)
 
 
 def probe_positions(lengths: np.ndarray, rows: np.ndarray, rel_positions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

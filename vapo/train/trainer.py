@@ -54,6 +54,7 @@ from vapo.train.batch import Experience, Graphs, forward_rows
 from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
 from vapo.train.distributed import Dist, current, unsharded_copy
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
+from vapo.train.mc_values import MC_SEED_OFFSET, CriticControl, MCBatch, draw_mc_values
 from vapo.train.probe import ProbeSet, critic_at, critic_quality, draw_probe
 from vapo.train.rundir import append_jsonl
 from vapo.train.ui import UI, StopFlag
@@ -135,10 +136,10 @@ def _stream(seed: int, k: int) -> tuple[random.Random, torch.Generator]:
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
-class Trainer:
 _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining's end (not the selecting one)
 
 
+class Trainer:
     """Owns the models, optimizers and random streams of one run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, dist: Dist | None = None):
@@ -171,6 +172,12 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
         self.tokenizer: Any = None
         self.actor_opt: torch.optim.Optimizer | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
+        self.critic_control = CriticControl()  # the critic's EV against MC values: blend weight, warm-up
+        self._pretrain_mc_rounds = 0  # Monte-Carlo draws of value pretraining (their generator's seed)
+        mc = cfg.algo.mc_values
+        if self.dist.enabled and (cfg.algo.advantage.estimator == "vine" or mc.rl_targets or mc.pretrain_targets):
+            raise ConfigError("Monte-Carlo values of the training answers are drawn in one process only",
+                              where="algo.mc_values / algo.advantage.estimator", fix="run it without torchrun")
 
     # ---------------------------------------------------------------- set-up
     @property
@@ -240,14 +247,20 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
         exp, gen_info = self.collect()  # sample + score
         gen_info.update(reward_fault_counts(since=faults0))  # verifier faults of this iteration
         tm.rollout, t = time.perf_counter() - t, time.perf_counter()
+        mc = self.draw_mc_values(exp)  # Monte-Carlo values at points of each answer, when configured
         exp, critic_graphs = self.forward_passes(exp)  # values / log-probs
-        exp = self.advantages(exp)
+        exp = self.advantages(exp, mc)
+        # The critic's EV against MC values when due: blend weight, critic-only warm-up (vapo.train.mc_values).
+        critic_only, control = self.critic_control.step(self, exp, mc) if self.uses_critic else (False, {})
+        gen_info.update(control, **(mc.metrics() if mc is not None else {}))
+        gen_info["extra_gen_tokens"] = gen_info.get("mc_gen_tokens", 0) + gen_info.get("ev_probe_gen_tokens", 0)
         tm.annotate, t = time.perf_counter() - t, time.perf_counter()
         # The critic first: its update does not change this iteration's advantages, and in the
         # fused case it frees the graphs of forward_passes before the actor builds its own.
-        critic_stats = self.update_critic(exp, critic_graphs) if self.uses_critic else {}
+        k = self.cfg.algo.critic.steps_per_actor_step  # SAO: k passes of the PPO schedule
+        critic_stats = self.update_critic(exp, critic_graphs, epochs=self.cfg.optim.ppo_epochs * k) if self.uses_critic else {}
         tm.critic, t = time.perf_counter() - t, time.perf_counter()
-        actor_stats = self.update_actor(exp)
+        actor_stats = {"actor_steps": 0} if critic_only else self.update_actor(exp)
         tm.actor = time.perf_counter() - t
         self.iteration += 1
         return self.iteration_metrics(exp, gen_info, actor_stats, critic_stats, tm), exp
@@ -357,14 +370,20 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
 
     # ---------------------------------------------------------------- stage 3: advantages
     @torch.no_grad()
-    def advantages(self, exp: Experience) -> Experience:
-        """Loss mask, token rewards, advantages and returns [B, T] (vapo.train.adapter)."""
+    def advantages(self, exp: Experience, mc: MCBatch | None = None) -> Experience:
+        """Loss mask, token rewards, advantages and returns [B, T] (vapo.train.adapter). With
+        Monte-Carlo values ``mc``: the "vine" estimator reads them in place of the critic's, and
+        with ``algo.mc_values.rl_targets`` they give the critic's targets."""
         c = self.cfg.algo
         mask = exp.response_mask
         exp.loss_mask = adapter.loss_mask(c, mask, exp.truncated)
         exp.token_rewards = adapter.token_rewards(c, exp.scores, mask, exp.old_logprobs, exp.ref_logprobs)
+        vine = mc is not None and c.advantage.estimator == "vine"
         exp.advantages, exp.returns = adapter.compute_advantages(
-            c, exp.token_rewards, mask, values=exp.values, scores=exp.scores, group_index=exp.group_index)
+            c, exp.token_rewards, mask, values=mc.values if vine else exp.values, scores=exp.scores,
+            group_index=exp.group_index, mc_points=mc.point_mask if vine else None)
+        if mc is not None and c.mc_values.rl_targets:
+            exp.returns = mc.targets(exp.token_rewards, mask)
         return exp
 
     def annotate(self, exp: Experience) -> tuple[Experience, Graphs | None]:
@@ -393,6 +412,8 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
         from vapo.models import response_values
 
         c, o = self.cfg.algo, self.cfg.optim
+        if minibatch_size is not None and c.mc_values.pretrain_targets:  # value pretraining (the caller with minibatch_size)
+            self._pretrain_mc_targets(exp)
         epochs = o.ppo_epochs if epochs is None else epochs
         stats: dict[str, list[float]] = {}
         self.critic.train()
@@ -556,6 +577,34 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
                  time_annotate=tm.annotate, time_actor=tm.actor, time_critic=tm.critic, time_iter=total)
         return m
 
+    # ---------------------------------------------------------------- Monte-Carlo values of training answers
+    def _draw_mc(self, exp: Experience, seed_offset: int) -> MCBatch:
+        mc = self.cfg.algo.mc_values
+        self.policy.eval()
+        return draw_mc_values(self.policy, self.tokenizer, self.task, exp, self.settings, points=mc.points,
+                              continuations=mc.continuations, placement=mc.placement,
+                              seed=self.cfg.seed * 100_003 + MC_SEED_OFFSET + seed_offset,
+                              max_rows=max(self.cfg.rollout.prompts_per_iter * self.cfg.rollout.group_size, 2048))
+
+    def draw_mc_values(self, exp: Experience) -> MCBatch | None:
+        """Monte-Carlo values at ``algo.mc_values.points`` of each answer of ``exp`` (vapo.train.mc_values)
+        when this RL iteration uses them (the vine estimator, or the critic's targets with
+        ``algo.mc_values.rl_targets``); None otherwise. Own generator: seeded by the seed and the iteration."""
+        c = self.cfg.algo
+        if c.advantage.estimator != "vine" and not c.mc_values.rl_targets:
+            return None
+        return self._draw_mc(exp, self.iteration)
+
+    def _pretrain_mc_targets(self, exp: Experience) -> None:
+        """Value pretraining with ``algo.mc_values.pretrain_targets``: ``exp.returns`` become the
+        Monte-Carlo targets (vapo.algos.pathways.mc_value_targets); the draw's cost goes to events.jsonl."""
+        self._pretrain_mc_rounds += 1
+        mc = self._draw_mc(exp, 500_000 + self._pretrain_mc_rounds)
+        exp.returns = mc.targets(exp.token_rewards, exp.response_mask)
+        if self.dist.is_writer:
+            append_jsonl(self.run_dir / "events.jsonl", {"phase": "value_pretrain_mc", "round": self._pretrain_mc_rounds,
+                                                         **mc.metrics(), "time": time.time()})
+
     # ---------------------------------------------------------------- the critic probe
     def draw_probe(self, seed_offset: int = 0) -> ProbeSet | None:
         """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
@@ -684,6 +733,7 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
         if self.uses_critic:
             s["critic_opt"] = self.dist.full_optimizer_state(self.critic, self.critic_opt)
             s["critic_sched"] = self.critic_sched.state_dict()
+            s["critic_control"] = self.critic_control.state_dict()
         return s
 
     def _full_models(self, **models: Any) -> dict[str, Any]:
@@ -742,6 +792,8 @@ _FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining
         if self.uses_critic:
             self.dist.load_optimizer_state(self.critic, self.critic_opt, s["critic_opt"])
             self.critic_sched.load_state_dict(s["critic_sched"])
+            if "critic_control" in s:  # checkpoints written before the EV-weighted critic have none
+                self.critic_control.load_state_dict(s["critic_control"])
         streams = s.get("streams", [(s["prompt_rng"], s["sample_gen"])])
         if len(streams) != self.n_streams:
             raise VapoError(f"{path} holds {len(streams)} rollout streams, the config asks for {self.n_streams}",
