@@ -51,6 +51,7 @@ class AdvantageConfig(_Section):
         description="α of length-adaptive λ (paper: 0.05, for answers of thousands of tokens); the choice of the default is measured in docs/presets.md",
     )
     eps: float = Field(1e-6, gt=0.0, description="ε added to the group std in GRPO's z-score")
+    pass_k: int = Field(4, ge=1, description="k of the pass@k-aware advantage (estimator passk, arXiv 2508.10751) and of algo.exploration.passk_credit; at most rollout.group_size")
     whiten: bool = Field(False, description="whiten advantages over the batch's tokens (not stated by VAPO; off)")
     extra: dict[str, Any] = Field(default_factory=dict, description="extra knobs for registered pathway estimators")
 
@@ -71,6 +72,11 @@ class PolicyLossConfig(_Section):
     norm_len: int | None = Field(None, ge=1, description="constant T_max for seq-mean-token-sum-norm (default: rollout.max_new_tokens)")
     nll_coef: float = Field(0.1, ge=0.0, description="μ of the positive-example NLL loss (VAPO §5); 0 disables it")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus coefficient (0 in all presets); the bonus is aggregated with agg_mode like the policy loss")
+    clip_cov_ratio: float = Field(0.0002, gt=0.0, le=1.0, description="clip_cov: fraction of the real tokens whose policy-gradient term is detached, drawn at random among the candidates (verl's default 2e-4; arXiv 2505.22617)")
+    clip_cov_lb: float = Field(1.0, description="clip_cov: lower bound of the covariance band of candidate tokens (verl: 1)")
+    clip_cov_ub: float = Field(5.0, description="clip_cov: upper bound of the covariance band of candidate tokens (verl: 5)")
+    kl_cov_ratio: float = Field(0.0002, gt=0.0, le=1.0, description="kl_cov: fraction of the real tokens, those of largest covariance of log-prob and advantage, that get the |log ratio| penalty (verl's default 2e-4; the paper also uses 2e-3)")
+    kl_cov_coef: float = Field(1.0, ge=0.0, description="kl_cov: β of the β·|log π − log π_old| penalty on the selected tokens (verl's ppo_kl_coef, 1)")
 
 
 class CriticConfig(_Section):
@@ -121,6 +127,12 @@ class OverlongConfig(_Section):
     filter_truncated: bool = Field(False, description="mask truncated responses out of the actor's and the critic's losses (overlong filtering)")
 
 
+class ExplorationConfig(_Section):
+    history_coef: float = Field(0.0, ge=0.0, description="c of the outcome bonus c/√N(x, a) added to the reward, N(x, a) = how often final answer a was given to prompt x so far in training, this batch included (arXiv 2509.06941, historical exploration; the counts are checkpointed); 0 = off")
+    batch_coef: float = Field(0.0, ge=0.0, description="c of the within-group repeat penalty −c·#{other answers in the group equal to this one}/G added to the reward (arXiv 2509.06941, batch exploration); 0 = off")
+    passk_credit: bool = Field(False, description="replace each answer's 0/1 correctness in the reward by its pass@k credit in its group (1 if correct, else 1 − C(n−c−1, k−1)/C(n−1, k−1), k = algo.advantage.pass_k): the pass@k objective for any estimator, e.g. vapo's GAE")
+
+
 class AlgoConfig(_Section):
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     policy_loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
@@ -128,6 +140,7 @@ class AlgoConfig(_Section):
     kl: KLConfig = Field(default_factory=KLConfig)
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     mc_values: MCValuesConfig = Field(default_factory=MCValuesConfig)
 
 
@@ -338,16 +351,18 @@ def preset_dict(name: str, *, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
 
     ``name`` is one of PRESETS (``presets/<name>.yaml``), an ablation preset
     (``presets/ablations/<name>.yaml``, e.g. ``vapo_no_clip_higher``) or a pathway preset
-    (``presets/pathways/<name>.yaml``, e.g. ``vine``; docs/pathways.md).
+    (``presets/pathways/<name>.yaml``, e.g. ``vine``; docs/pathways.md) or an exploration preset
+    (``presets/exploration/<name>.yaml``, e.g. ``vapo_clip_cov``; docs/exploration.md).
     """
     ablations = sorted(p.stem for p in (PRESET_DIR / "ablations").glob("*.yaml"))
     pathways = sorted(p.stem for p in (PRESET_DIR / "pathways").glob("*.yaml"))
-    if name not in PRESETS and name not in ablations and name not in pathways:
-        known = [*PRESETS, *ablations, *pathways]
+    exploration = sorted(p.stem for p in (PRESET_DIR / "exploration").glob("*.yaml"))
+    if name not in PRESETS and name not in ablations and name not in pathways and name not in exploration:
+        known = [*PRESETS, *ablations, *pathways, *exploration]
         raise ConfigError(
             f"unknown preset {name!r}.{did_you_mean(name, known)}", where="--preset", fix=f"use one of: {', '.join(known)}"
         )
-    sub = "" if name in PRESETS else "ablations" if name in ablations else "pathways"
+    sub = "" if name in PRESETS else "ablations" if name in ablations else "pathways" if name in pathways else "exploration"
     path = PRESET_DIR / sub / f"{name}.yaml"
     data = load_yaml(path)
     base = data.pop("base", None)
@@ -451,6 +466,7 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"algo.critic.probe_positions={cc.probe_positions} holds a position outside [0, 1)",
                           where=source, fix="give relative positions ρ with 0 ≤ ρ < 1, e.g. [0.0, 0.25, 0.5, 0.75]")
     _check_value_pathways(cfg, source)
+    _check_exploration(cfg, source)
     if cfg.rollout.top_p < 1.0:
         raise ConfigError(
             f"rollout.top_p={cfg.rollout.top_p} is not supported for training: the training log-probs "
@@ -529,6 +545,41 @@ def _check_value_pathways(cfg: Config, source: str) -> None:
     if (vine or mc.pretrain_targets or mc.rl_targets) and a.gamma != 1.0:
         raise ConfigError(f"Monte-Carlo values are undiscounted returns; algo.advantage.gamma={a.gamma}",
                           where=source, fix="set algo.advantage.gamma=1.0")
+
+
+def _check_exploration(cfg: Config, source: str) -> None:
+    """The covariance losses, pass@k and outcome-exploration options (docs/exploration.md):
+    refuse the ones this config cannot honour."""
+    a, pl, ex, g = cfg.algo.advantage, cfg.algo.policy_loss, cfg.algo.exploration, cfg.rollout.group_size
+    for loss, keys in (("clip_cov", ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub")), ("kl_cov", ("kl_cov_ratio", "kl_cov_coef"))):
+        moved = [f"algo.policy_loss.{k}={getattr(pl, k)}" for k in keys
+                 if getattr(pl, k) != PolicyLossConfig.model_fields[k].default]
+        if moved and pl.name != loss:
+            raise ConfigError(f"{', '.join(moved)} only acts with algo.policy_loss.name={loss} (this config: {pl.name})",
+                              where=source, fix=f"set algo.policy_loss.name={loss}, or drop those options")
+    if pl.name in ("clip_cov", "kl_cov") and pl.dual_clip_c is not None:
+        raise ConfigError(f"algo.policy_loss.name={pl.name} has no dual clip (as verl); dual_clip_c={pl.dual_clip_c}",
+                          where=source, fix="set algo.policy_loss.dual_clip_c=null")
+    if pl.name == "clip_cov" and not pl.clip_cov_lb < pl.clip_cov_ub:
+        raise ConfigError(f"algo.policy_loss.clip_cov_lb={pl.clip_cov_lb} must be below clip_cov_ub={pl.clip_cov_ub}",
+                          where=source, fix="e.g. clip_cov_lb=1.0, clip_cov_ub=5.0")
+    uses_k = a.estimator == "passk" or ex.passk_credit
+    if a.pass_k != AdvantageConfig.model_fields["pass_k"].default and not uses_k:
+        raise ConfigError(f"algo.advantage.pass_k={a.pass_k} only acts with algo.advantage.estimator=passk or "
+                          "algo.exploration.passk_credit=true", where=source, fix="drop pass_k, or turn one of them on")
+    if uses_k and a.pass_k > g:
+        raise ConfigError(f"algo.advantage.pass_k={a.pass_k} exceeds rollout.group_size={g}: pass@k needs k answers per prompt",
+                          where=source, fix=f"set algo.advantage.pass_k to at most {g}")
+    if a.estimator == "grpo_passk" and g < 2:
+        raise ConfigError("estimator grpo_passk needs at least 2 answers per prompt", where=source,
+                          fix="set rollout.group_size >= 2")
+    shaped = [name for name, on in (("algo.overlong.enabled", cfg.algo.overlong.enabled),
+                                    ("algo.exploration.history_coef", ex.history_coef > 0),
+                                    ("algo.exploration.batch_coef", ex.batch_coef > 0),
+                                    ("algo.exploration.passk_credit", ex.passk_credit)) if on]
+    if a.estimator == "passk" and shaped:
+        raise ConfigError(f"estimator passk needs 0/1 rewards, and {', '.join(shaped)} shapes them", where=source,
+                          fix="turn that shaping off, or use estimator grpo with algo.exploration.passk_credit=true")
 
 
 def load_config_file(path: str | Path) -> Config:

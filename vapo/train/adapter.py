@@ -17,7 +17,7 @@ from vapo.algos.advantages import (
 )
 from vapo.algos.losses import kl_estimate, masked_whiten
 from vapo.algos.shaping import scores_to_token_rewards
-from vapo.config import AdvantageConfig, AlgoConfig
+from vapo.config import AdvantageConfig, AlgoConfig, PolicyLossConfig
 
 
 def advantage_params(a: AdvantageConfig) -> AdvantageParams:
@@ -25,7 +25,7 @@ def advantage_params(a: AdvantageConfig) -> AdvantageParams:
     estimators resolve with :func:`actor_lambda`'s formula)."""
     return AdvantageParams(
         gamma=a.gamma, lam_actor=None if a.lam_actor == "adaptive" else float(a.lam_actor),
-        lam_critic=a.lam_critic, alpha=a.alpha, eps=a.eps, extra=dict(a.extra),
+        lam_critic=a.lam_critic, alpha=a.alpha, eps=a.eps, pass_k=a.pass_k, extra=dict(a.extra),
     )
 
 
@@ -81,4 +81,17 @@ def loss_mask(algo: AlgoConfig, response_mask: torch.Tensor, truncated: torch.Te
     return response_mask
 
 
-__all__ = ["actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "token_rewards"]
+def policy_loss_kwargs(pl: PolicyLossConfig) -> dict:
+    """The keyword arguments of the policy loss ``pl.name`` from ``algo.policy_loss`` (besides the
+    token weights): the clip range and dual clip for ppo_clip (and any registered loss taking
+    them), the covariance options for clip_cov and kl_cov (docs/algorithms.md, covariance-based
+    entropy control; config validation refuses the options a loss does not read)."""
+    if pl.name == "clip_cov":
+        return dict(eps_low=pl.eps_low, eps_high=pl.eps_high, clip_cov_ratio=pl.clip_cov_ratio,
+                    clip_cov_lb=pl.clip_cov_lb, clip_cov_ub=pl.clip_cov_ub)
+    if pl.name == "kl_cov":
+        return dict(kl_cov_ratio=pl.kl_cov_ratio, kl_cov_coef=pl.kl_cov_coef)
+    return dict(eps_low=pl.eps_low, eps_high=pl.eps_high, dual_clip_c=pl.dual_clip_c)
+
+
+__all__ = ["actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "policy_loss_kwargs", "token_rewards"]

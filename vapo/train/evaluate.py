@@ -24,6 +24,7 @@ from vapo.tasks import sample_problems
 from vapo.train.collect import RewardSettings, rollout_and_score
 
 SPLITS = ("heldout", "long")
+PASS_K_BY_SIZE = (1, 2, 4, 8)  # pass@k by problem size for these k (k <= eval.samples; docs/exploration.md)
 EVAL_SEED = 1234  # evaluation seed of training seed 0 (and of `vapo eval` and `vapo diagnose`)
 
 
@@ -80,16 +81,20 @@ def evaluate_split(
     truncated = int(exp.truncated.sum())
     by_size: dict[int, list[bool]] = defaultdict(list)
     per_prompt = []
+    per_prompt_by_size: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(problems):
         c = correct[i * samples : (i + 1) * samples]
         by_size[p.size].extend(c)
         per_prompt.append(sum(c))
+        per_prompt_by_size[p.size].append(sum(c))
     return {
         "split": split,
         "accuracy": sum(correct) / len(correct),
         "by_size": {str(s): sum(v) / len(v) for s, v in sorted(by_size.items())},
         "count_by_size": {str(s): len(v) for s, v in sorted(by_size.items())},
         "pass_at_k": {str(k): sum(pass_at_k(samples, c, k) for c in per_prompt) / len(per_prompt) for k in range(1, samples + 1)},
+        "pass_at_k_by_size": {str(s): {str(k): sum(pass_at_k(samples, c, k) for c in v) / len(v) for k in PASS_K_BY_SIZE if k <= samples}
+                              for s, v in sorted(per_prompt_by_size.items())},
         "mean_length": sum(lengths) / len(lengths),
         "truncated_frac": truncated / len(lengths),
         "prompts": prompts,
@@ -148,3 +153,5 @@ def eval_command(run: Path, *, prompts: int | None, samples: int | None, tempera
             t.add_row(s, f"{acc:.3f}", str(r["count_by_size"][s]))
         console.print(t)
         console.print("pass@k: " + "  ".join(f"k={kk}: {v:.3f}" for kk, v in r["pass_at_k"].items()))
+        console.print("pass@k by size: " + "  ".join(f"{s}: " + " ".join(f"@{kk} {v:.2f}" for kk, v in row.items())
+                                                     for s, row in r["pass_at_k_by_size"].items()))

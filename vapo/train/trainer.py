@@ -53,6 +53,7 @@ from vapo.train import checkpoint as ckpt
 from vapo.train.batch import Experience, Graphs, forward_rows
 from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
 from vapo.train.distributed import Dist, current, unsharded_copy
+from vapo.train.exploration import OutcomeExplorer, entropy_by_position
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
 from vapo.train.mc_values import MC_SEED_OFFSET, CriticControl, MCBatch, draw_mc_values
 from vapo.train.probe import ProbeSet, critic_at, critic_quality, draw_probe
@@ -172,6 +173,7 @@ class Trainer:
         self.tokenizer: Any = None
         self.actor_opt: torch.optim.Optimizer | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
+        self.explorer = OutcomeExplorer(cfg)  # final-answer history (checkpointed), exploration shaping
         self.critic_control = CriticControl()  # the critic's EV against MC values: blend weight, warm-up
         self._pretrain_mc_rounds = 0  # Monte-Carlo draws of value pretraining (their generator's seed)
         mc = cfg.algo.mc_values
@@ -246,6 +248,7 @@ class Trainer:
         faults0 = dict(REWARD_FAULTS)
         exp, gen_info = self.collect()  # sample + score
         gen_info.update(reward_fault_counts(since=faults0))  # verifier faults of this iteration
+        gen_info.update(self.explorer.apply(exp, self.tokenizer))  # final answers: algo.exploration shaping, metrics
         tm.rollout, t = time.perf_counter() - t, time.perf_counter()
         mc = self.draw_mc_values(exp)  # Monte-Carlo values at points of each answer, when configured
         exp, critic_graphs = self.forward_passes(exp)  # values / log-probs
@@ -486,8 +489,8 @@ class Trainer:
                         temperature=self.settings.temperature, with_entropy=True,
                     )
                     old = logp.detach() if self.single_step else u.old_logprobs.to(self.device)
-                    loss, st = loss_fn(logp, old, u.advantages.to(self.device), mask, eps_low=pl.eps_low, eps_high=pl.eps_high,
-                                       dual_clip_c=pl.dual_clip_c, weights=w)
+                    loss, st = loss_fn(logp, old, u.advantages.to(self.device), mask,
+                                       **adapter.policy_loss_kwargs(pl), weights=w)
                     total = loss
                     acc.add_sum(policy_loss=loss)
                     if pl.nll_coef > 0:
@@ -503,6 +506,9 @@ class Trainer:
                     bad += find_nonfinite(actor_loss=total, advantages=(u.advantages, u.loss_mask))
                     total.backward()
                     acc.add_sum(entropy=masked_sum(ent, mask) / max(n_tok, 1.0))  # logged as a token mean
+                    for key, (s_ent, n_ent) in entropy_by_position(ent.detach(), mask).items():  # entropy_q1..q4
+                        if n_ent:
+                            acc.add_mean(n_ent, **{key: s_ent / n_ent})
                     acc.add_mean(float(mask.sum()), **{k: v for k, v in st.items() if k != "ratio_max"})
                     acc.add_max(ratio_max=st["ratio_max"])
                     if mask.any():
@@ -729,6 +735,7 @@ class Trainer:
             "streams": [(rng, gen) for _, rng, gen in sorted(streams, key=lambda x: x[0])],
             "shuffle_gen": self.shuffle_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "exploration": self.explorer.state_dict(),
         }
         if self.uses_critic:
             s["critic_opt"] = self.dist.full_optimizer_state(self.critic, self.critic_opt)
@@ -803,6 +810,7 @@ class Trainer:
             gen.set_state(streams[k][1])
         self.shuffle_gen.set_state(s["shuffle_gen"])
         torch.set_rng_state(s["torch_rng"])
+        self.explorer.load_state_dict(s.get("exploration"))
 
 
 __all__ = ["Trainer"]
