@@ -165,3 +165,33 @@ def test_mechanisms_run_through_the_one_loop(tmp_path, preset, extra):
         assert "cov_klfrac" in m and "kl_abs" in m
     if cfg.algo.exploration.passk_credit:
         assert "passk_credit_mean" in m
+
+
+def _leaves(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_exploration_presets_are_their_base_plus_what_they_set():
+    import yaml
+
+    from vapo.config import PRESET_DIR
+
+    files = sorted((PRESET_DIR / "exploration").glob("*.yaml"))
+    assert {p.stem for p in files} == {f"{b}_{m}" for b in ("vapo", "grpo")
+                                        for m in ("clip_cov", "kl_cov", "outcome_history", "outcome_batch")} | {
+        "vapo_passk", "grpo_passk", "grpo_passk_analytic"}
+    for path in files:
+        raw = yaml.safe_load(path.read_text())
+        base = raw.pop("base")
+        assert base in ("vapo", "grpo") and path.stem.startswith(base)
+        got = _leaves(resolve_config(path.stem).to_dict())
+        want = _leaves(resolve_config(base).to_dict())
+        changed = {k for k in got if got[k] != want[k]} - {"preset"}
+        assert changed <= set(_leaves(raw)), (path.stem, changed)
+        assert changed, f"{path.stem} changes nothing"
