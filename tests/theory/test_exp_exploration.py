@@ -54,3 +54,27 @@ def test_compare_calls_direction():
     assert E._compare(a, a - 0.5)["call"] == "supported"
     assert E._compare(a - 0.5, a)["call"] == "refuted"
     assert E._compare(a, a[::-1])["call"] == "inconclusive"
+
+
+# ------------------------------------------------------------------ the exploration mechanisms
+
+
+def test_chain_answer_is_the_first_wrong_position():
+    import torch
+
+    tokens = torch.tensor([[0, 0, 0, 0], [0, 2, 0, 1], [3, 0, 0, 0], [0, 0, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float64)
+    assert E.chain_answers(tokens, mask).tolist() == [4, 1, 0, 4]  # wrong tokens past the mask do not count
+
+
+def test_mechanism_calls_and_rule_flip():
+    up = {"call": "supported"}
+    flat = {"call": "inconclusive"}
+    down = {"call": "refuted"}
+    assert E.mechanism_call(flat, up) == "helps"
+    assert E.mechanism_call(down, up) == "hurts"
+    assert E.mechanism_call(flat, down) == "hurts"
+    assert E.mechanism_call(up, flat) == "no effect"
+    assert E.mechanisms_rule({"a": "helps", "b": "helps", "c": "no effect"}) == "supported"
+    assert E.mechanisms_rule({"a": "hurts", "b": "hurts", "c": "helps"}) == "refuted"
+    assert E.mechanisms_rule({"a": "hurts", "b": "no effect", "c": "helps", "d": "no effect"}) == "inconclusive"

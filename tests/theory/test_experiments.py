@@ -17,7 +17,8 @@ from vapo.theory.mdp import make_mdp, sample
 load_experiments()
 
 
-ALL = ["value_error", "adaptive_lambda", "token_bias", "generalization", "exploration", "pathways"]
+ALL = ["value_error", "adaptive_lambda", "token_bias", "generalization", "exploration", "exploration_mechanisms",
+       "pathways"]
 
 
 def _no_nan(token: str):

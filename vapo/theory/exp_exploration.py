@@ -32,7 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vapo.algos import dr_grpo_advantages, policy_loss_clip, positive_nll_loss
+from vapo.algos import (
+    dr_grpo_advantages,
+    grpo_advantages,
+    policy_loss_clip,
+    policy_loss_clip_cov,
+    policy_loss_kl_cov,
+    positive_nll_loss,
+)
+from vapo.algos.advantages import grpo_passk_advantages, passk_advantages
+from vapo.algos.exploration import batch_repeat_penalty, historical_bonus
 from vapo.theory.framework import Experiment, Verdict, new_figure, register_experiment, save_figure
 from vapo.theory.mdp import ChainMDP, make_chain
 
@@ -286,3 +295,205 @@ class Exploration(Experiment):
         ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
         ax[1].legend(fontsize=7)
         return [save_figure(fig, Path(out_dir) / "exploration.png")]
+
+
+# ---------------------------------------------------------------------------------------
+# The exploration mechanisms of docs/exploration.md on the same chain MDP
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One training condition: a base (``group``: GRPO z-score advantages; ``exactV``: token TD
+    advantages V(s_{t+1}) − V(s_t) of the exact value, a perfect critic) and a mechanism."""
+
+    name: str
+    base: str  # "group" | "exactV"
+    mechanism: str  # "none" | "clip_cov" | "kl_cov" | "grpo_passk" | "passk" | "history" | "batch"
+
+
+MECHANISMS = (
+    Mechanism("group", "group", "none"),
+    Mechanism("group+clip_cov", "group", "clip_cov"),
+    Mechanism("group+kl_cov", "group", "kl_cov"),
+    Mechanism("group+grpo_passk", "group", "grpo_passk"),
+    Mechanism("group+passk", "group", "passk"),
+    Mechanism("group+history", "group", "history"),
+    Mechanism("group+batch", "group", "batch"),
+    Mechanism("exactV", "exactV", "none"),
+    Mechanism("exactV+clip_cov", "exactV", "clip_cov"),
+    Mechanism("exactV+kl_cov", "exactV", "kl_cov"),
+)
+PASS_K = 8  # the pass@k the mechanisms are judged on (with pass@1)
+
+
+def chain_answers(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The chain MDP's "final answer": the position of the first wrong token within the mask, or
+    the padded length L when there is none (so every correct answer is one outcome). [B] int64."""
+    wrong = (tokens != 0) & mask.bool()
+    L = tokens.shape[1]
+    pos = torch.where(wrong, torch.arange(L)[None, :], L)
+    return pos.min(dim=1).values
+
+
+def exact_pass_at_k(mdp: ChainMDP, logits: torch.Tensor, k: int) -> float:
+    """Mean over prompts of 1 − (1 − p_k)^k (exact)."""
+    p = mdp.success(logits)
+    return float((1.0 - (1.0 - p) ** k).mean())
+
+
+def train_mechanism(mdp: ChainMDP, mech: Mechanism, *, steps: int, budget: int, group_size: int, lr: float,
+                    inner_epochs: int, cov_ratio: float, bonus: float, pass_k: int, seed: int) -> dict:
+    """PPO (ε 0.2 / 0.28, token-mean) on the chain MDP under ``mech``; exact pass@1, pass@8 and
+    entropy after every step."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # clip_cov draws from the global generator, as in training
+    theta = mdp.init_logits.clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    n_prompts = budget // group_size
+    history: dict[tuple[int, int], int] = {}
+    curves: dict[str, list[float]] = {"pass1": [], f"pass{PASS_K}": [], "entropy": []}
+    for _ in range(steps):
+        with torch.no_grad():
+            prompts = torch.randint(0, mdp.lengths.shape[0], (n_prompts,), generator=g).repeat_interleave(group_size)
+            tokens, mask, success = _sample(theta, mdp, prompts, g)
+            old_lp = _token_logprobs(theta, prompts, tokens, mask)
+            r = success.to(torch.float64)
+            answers = chain_answers(tokens, mask)
+            if mech.mechanism == "history":
+                for key in zip(prompts.tolist(), answers.tolist(), strict=True):
+                    history[key] = history.get(key, 0) + 1
+                counts = torch.tensor([history[key] for key in zip(prompts.tolist(), answers.tolist(), strict=True)])
+                r = r + historical_bonus(counts, bonus)
+            elif mech.mechanism == "batch":
+                r = r + batch_repeat_penalty(answers, prompts, bonus)
+            if mech.base == "exactV":
+                v = mdp.values(theta)[prompts]  # [B, L+1] on the correct path
+                ok_before = torch.cumprod(torch.cat([torch.ones(len(prompts), 1, dtype=torch.bool),
+                                                     (tokens == 0)[:, :-1]], dim=1), dim=1).bool()
+                L = tokens.shape[1]
+                v_t = v[:, :L] * ok_before
+                v_next = torch.where(tokens == 0, v[:, 1 : L + 1], torch.zeros_like(v_t)) * ok_before
+                last = (torch.arange(L)[None, :] == (mdp.lengths[prompts] - 1)[:, None]) & ok_before
+                v_next = torch.where(last, r[:, None].expand(-1, L), v_next)  # terminal: the reward
+                adv = (v_next - v_t) * mask
+            elif mech.mechanism == "grpo_passk":
+                adv = grpo_passk_advantages(r, prompts, mask)
+            elif mech.mechanism == "passk":
+                adv = passk_advantages(r, prompts, mask, pass_k)
+            else:
+                adv = grpo_advantages(r, prompts, mask)
+        for _ in range(inner_epochs):
+            lp = _token_logprobs(theta, prompts, tokens, mask)
+            if mech.mechanism == "clip_cov":
+                loss, _ = policy_loss_clip_cov(lp, old_lp, adv, mask, eps_low=0.2, eps_high=0.28,
+                                               clip_cov_ratio=cov_ratio, clip_cov_lb=1.0, clip_cov_ub=5.0)
+            elif mech.mechanism == "kl_cov":
+                loss, _ = policy_loss_kl_cov(lp, old_lp, adv, mask, kl_cov_ratio=cov_ratio, kl_cov_coef=1.0)
+            else:
+                loss, _ = policy_loss_clip(lp, old_lp, adv, mask, eps_low=0.2, eps_high=0.28)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            curves["pass1"].append(exact_pass_at_k(mdp, theta, 1))
+            curves[f"pass{PASS_K}"].append(exact_pass_at_k(mdp, theta, PASS_K))
+            curves["entropy"].append(mdp.entropy(theta))
+    return curves
+
+
+def mechanism_call(d_pass1: dict, d_passk: dict) -> str:
+    """'helps': pass@8 up by > 2 SE and pass@1 not down by > 2 SE; 'hurts': pass@8 or pass@1 down
+    by > 2 SE; otherwise 'no effect'."""
+    if d_passk["call"] == "refuted" or d_pass1["call"] == "refuted":
+        return "hurts"
+    if d_passk["call"] == "supported":
+        return "helps"
+    return "no effect"
+
+
+def mechanisms_rule(calls: dict[str, str]) -> str:
+    """Supported if at least half of the mechanisms help; refuted if more than half hurt."""
+    n = len(calls)
+    if sum(c == "hurts" for c in calls.values()) * 2 > n:
+        return "refuted"
+    if sum(c == "helps" for c in calls.values()) * 2 >= n:
+        return "supported"
+    return "inconclusive"
+
+
+@register_experiment("exploration_mechanisms")
+class ExplorationMechanisms(Experiment):
+    claim = ("Covariance-based entropy control (Clip-Cov, KL-Cov), pass@k-aware advantages and outcome-based "
+             "exploration bonuses raise pass@8 without lowering pass@1 (docs/exploration.md).")
+    hypothesis = (
+        "On the chain MDP with sparse terminal reward and G = 8 answers per prompt, each mechanism, compared "
+        "with the same base without it (GRPO z-score advantages; or exact-value TD advantages, a perfect critic, "
+        "for the two losses), ends with a higher exact pass@8 and an exact pass@1 that is not lower."
+    )
+    decision_rule = (
+        "Per mechanism, paired differences over seeds of the final exact pass@1 and pass@8 against its base: "
+        "'helps' if pass@8 is higher by more than 2 SE and pass@1 not lower by more than 2 SE; 'hurts' if either "
+        "is lower by more than 2 SE; else 'no effect'. Verdict: refuted if more than half of the mechanisms hurt, "
+        "supported if at least half help, otherwise inconclusive."
+    )
+
+    def sizes(self, quick: bool) -> dict:
+        if quick:
+            return dict(n_prompts=16, max_len=6, vocab=4, steps=12, budget=32, group_size=8, seeds=[0, 1, 2],
+                        inner_epochs=2, lr=0.3, cov_ratio=0.02, bonus=0.1, pass_k=4)
+        return dict(n_prompts=64, max_len=12, vocab=4, steps=120, budget=64, group_size=8, seeds=list(range(8)),
+                    inner_epochs=4, lr=0.3, cov_ratio=0.02, bonus=0.1, pass_k=4)
+
+    def compute(self, sz: dict, seed: int) -> dict:
+        mdp = make_chain(sz["n_prompts"], sz["max_len"], sz["vocab"], (0.01, 0.5), seed)
+        runs: dict[str, dict] = {}
+        for mech in MECHANISMS:
+            per_seed = [train_mechanism(mdp, mech, steps=sz["steps"], budget=sz["budget"], group_size=sz["group_size"],
+                                        lr=sz["lr"], inner_epochs=sz["inner_epochs"], cov_ratio=sz["cov_ratio"],
+                                        bonus=sz["bonus"], pass_k=sz["pass_k"], seed=1000 * seed + s)
+                        for s in sz["seeds"]]
+            runs[mech.name] = {"mechanism": asdict(mech)}
+            for key in ("pass1", f"pass{PASS_K}", "entropy"):
+                arr = np.array([r[key] for r in per_seed])
+                runs[mech.name][f"final_{key}"] = arr[:, -1].tolist()
+                runs[mech.name][f"{key}_mean_curve"] = arr.mean(0).tolist()
+        comparisons, calls = {}, {}
+        for mech in MECHANISMS:
+            if mech.mechanism == "none":
+                continue
+            a, b = runs[mech.name], runs[mech.base]
+            d = {key: _compare(np.array(a[f"final_{key}"]), np.array(b[f"final_{key}"]))
+                 for key in ("pass1", f"pass{PASS_K}", "entropy")}
+            comparisons[mech.name] = d
+            calls[mech.name] = mechanism_call(d["pass1"], d[f"pass{PASS_K}"])
+        return {"sizes": sz, "seed": seed, "pass_k_judged": PASS_K,
+                "initial_pass1": exact_pass_at_k(mdp, mdp.init_logits, 1),
+                f"initial_pass{PASS_K}": exact_pass_at_k(mdp, mdp.init_logits, PASS_K),
+                "initial_entropy": mdp.entropy(mdp.init_logits), "runs": runs, "comparisons": comparisons,
+                "calls": calls}
+
+    def decide(self, results: dict) -> Verdict:
+        status = mechanisms_rule(results["calls"])
+        k = results["pass_k_judged"]
+        parts = [f"{name} {c} (Δpass@1 {results['comparisons'][name]['pass1']['diff']:+.3f}, "
+                 f"Δpass@{k} {results['comparisons'][name][f'pass{k}']['diff']:+.3f})"
+                 for name, c in results["calls"].items()]
+        return Verdict(status, "exploration_mechanisms: " + status + " — " + "; ".join(parts),
+                       {"calls": results["calls"]})
+
+    def plot(self, results: dict, out_dir: Path) -> list[Path]:
+        """pass@1, pass@8 and entropy curves per condition."""
+        k = results["pass_k_judged"]
+        fig, ax = new_figure(3, 1, size=(4.7, 4.0))
+        ax = ax[0]
+        for name, r in results["runs"].items():
+            style = "-" if r["mechanism"]["base"] == "group" else "--"
+            ax[0].plot(r["pass1_mean_curve"], style, label=name)
+            ax[1].plot(r[f"pass{k}_mean_curve"], style, label=name)
+            ax[2].plot(r["entropy_mean_curve"], style, label=name)
+        ax[0].set(xlabel="PPO step", ylabel="exact pass@1", title="pass@1")
+        ax[1].set(xlabel="PPO step", ylabel=f"exact pass@{k}", title=f"pass@{k}")
+        ax[2].set(xlabel="PPO step", ylabel="mean policy entropy (nats)", title="entropy")
+        ax[0].legend(fontsize=6)
+        return [save_figure(fig, Path(out_dir) / "exploration_mechanisms.png")]
