@@ -163,9 +163,23 @@ def test_vine_advantages_and_mc_targets_in_the_loop(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("preset", PATHWAYS)
-def test_pathway_presets_run_through_the_one_loop(tmp_path, preset):
+def test_pathway_presets_run_through_the_one_loop(tmp_path, preset, monkeypatch):
+    from vapo.train.trainer import Trainer
+
     cfg = micro(tmp_path, preset, *SMALL_MC, "train.iterations=2", "train.checkpoint_every=0")
+    epochs, real = [], Trainer.update_critic
+
+    def spy(self, exp, graphs=None, **kw):
+        if kw.get("minibatch_size") is None:  # RL updates (value pretraining passes minibatch_size)
+            epochs.append(kw.get("epochs"))
+        return real(self, exp, graphs, **kw)
+
+    monkeypatch.setattr(Trainer, "update_critic", spy)
     start_run(cfg, name="r", progress=False)
+    if cfg.algo.critic.enabled:  # critic steps per actor step: k passes of the PPO schedule
+        assert epochs == [cfg.optim.ppo_epochs * cfg.algo.critic.steps_per_actor_step] * 2
+    else:
+        assert epochs == []
     m = read_jsonl(tmp_path / "runs" / "r" / "metrics.jsonl")
     assert [r["iteration"] for r in m] == [1, 2]
     for r in m:
