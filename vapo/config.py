@@ -175,6 +175,7 @@ class SFTConfig(_Section):
     warmup_steps: int = Field(20, ge=0, description="SFT warm-up steps")
     teacher_slip: float = Field(0.2, ge=0.0, lt=1.0, description="per-step probability that a demonstration slips (tasks with a slip model, e.g. rewrite_sum): the warm start imitates a sloppy teacher and RL must learn to be more careful than it")
     cache: bool = Field(True, description="cache the warm-start weights under ~/.cache/vapo keyed by a hash of what determines them")
+    micro_batches: int = Field(1, ge=1, description="length-sorted micro-batches per SFT step, each padded to its own longest demonstration; the gradient is the same token mean (accumulated), the padding is not computed: pays when demonstration lengths spread widely (repeat_add: ~2x)")
 
 
 class RolloutConfig(_Section):
@@ -202,7 +203,6 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     iterations: int = Field(400, ge=0, description="RL iterations")
     checkpoint_every: int = Field(100, ge=0, description="save a checkpoint every N iterations (0 = only at the end)")
-    micro_batches: int = Field(1, ge=1, description="length-sorted micro-batches per SFT step, each padded to its own longest demonstration; the gradient is the same token mean (accumulated), the padding is not computed: pays when demonstration lengths spread widely (repeat_add: ~2x)")
     eval_every: int = Field(100, ge=0, description="evaluate on held-out prompts every N iterations (0 = start and end only)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
