@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -307,3 +309,61 @@ def test_bad_prompts_raise(qwen):
         sample(qwen, ids, torch.tensor([[0, 0, 0], [1, 1, 1]]), max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
     with pytest.raises(VapoError, match=r"\[B, P\]"):
         sample(qwen, ids[0], mask[0], max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
+
+
+# ---------------------------------------------------------------------------- row threads
+@settings(max_examples=6, deadline=None)
+@given(extra=st.integers(0, 40), T=st.integers(2, 14), threads=st.sampled_from([2, 3]), seed=st.integers(0, 1000),
+       top_p=st.sampled_from([1.0, 0.9]))
+def test_row_threads_give_the_tokens_of_one_thread(qwen, extra, T, threads, seed, top_p):
+    """With n > 1 intra-op threads the decoding steps run row ranges on n threads; the tokens and
+    log-probs are those of one thread (same generator), compaction included, and the caller's
+    thread count is restored."""
+    import vapo.rollout.sampler as sampler_mod
+
+    B = 2 * sampler_mod.MIN_ROWS_PER_THREAD + extra
+    ids, mask = random_prompts(B, 6, seed=seed)
+    eos = frequent_token(qwen, ids[:8], mask[:8]) if seed % 2 else EOS  # a frequent EOS: rows end, batch compacts
+    calls = {"threaded": 0}
+    real_step = sampler_mod._RowThreads.step
+
+    def counting_step(self, tokens):
+        calls["threaded"] += int(tokens.shape[0] >= 2 * sampler_mod.MIN_ROWS_PER_THREAD)
+        return real_step(self, tokens)
+
+    kw = dict(max_new_tokens=T, top_p=top_p, eos_token_id=eos, pad_token_id=PAD)
+    saved = torch.get_num_threads()
+    with mock.patch.object(sampler_mod._RowThreads, "step", counting_step):
+        try:
+            torch.set_num_threads(1)
+            one = sample(qwen, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+            assert calls["threaded"] == 0
+            torch.set_num_threads(threads)
+            many = sample(qwen, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(saved)
+    assert calls["threaded"] >= 1  # the threaded path ran
+    check_rollout_invariants(many, T, eos)
+    assert torch.equal(many.response_ids, one.response_ids) and torch.equal(many.lengths, one.lengths)
+    assert (many.logprobs - one.logprobs).abs().max() <= 1e-6
+    if top_p == 1.0:  # and they are the policy's own log-probs
+        ref = torch.log_softmax(hf_logits(qwen, many.prompt_ids, many.prompt_mask, many.response_ids,
+                                          many.response_mask), -1).gather(2, many.response_ids[..., None]).squeeze(2)
+        m = many.response_mask.bool()
+        assert (many.logprobs[m].double() - ref[m]).abs().max() < 1e-4
+
+
+def test_fast_decoder_row_ranges_equal_whole_step(qwen):
+    """forward_rows over disjoint ranges + advance == one step over all rows."""
+    ids, mask = random_prompts(10, 5, seed=6)
+    toks = torch.randint(4, 100, (10, 4), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, b = FastDecoder(qwen, 5), FastDecoder(qwen, 5)
+        assert torch.equal(a.prefill(ids, mask), b.prefill(ids, mask))
+        for t in range(4):
+            whole = a.step(toks[:, t])
+            parts = torch.cat([b.forward_rows(toks[:, t], 0, 3), b.forward_rows(toks[:, t], 3, 10)])
+            b.advance()
+            assert torch.allclose(whole, parts, atol=1e-6, rtol=0)
+            assert a.t == b.t == t + 1

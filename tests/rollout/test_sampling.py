@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vapo.rollout import draw, filtered_logprobs
+from vapo.rollout.sampling import exponential_noise
 
 
 def nucleus_reference(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -82,3 +83,25 @@ def test_draw_is_reproducible_with_a_generator(top_p):
     c = draw(logits, 1.0, top_p, torch.Generator().manual_seed(6))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 300), min_size=1, max_size=3), seed=st.integers(0, 2**31 - 1),
+       calls=st.integers(1, 3))
+def test_exponential_noise_is_exponential_(shape, seed, calls):
+    """The vectorised noise has the values of ``exponential_`` (bit for bit) and leaves the
+    generator where ``exponential_`` leaves it, call after call."""
+    g_ref, g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    for _ in range(calls):
+        ref = torch.empty(shape).exponential_(generator=g_ref)
+        got = exponential_noise(tuple(shape), "cpu", g)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert torch.equal(got, ref)
+    assert torch.equal(torch.rand(4, generator=g_ref), torch.rand(4, generator=g))
+
+
+def test_exponential_noise_default_generator():
+    torch.manual_seed(7)
+    ref = torch.empty(64, 50).exponential_()
+    torch.manual_seed(7)
+    assert torch.equal(exponential_noise((64, 50), "cpu"), ref)

@@ -12,7 +12,9 @@ parameters, except the concatenated q/k/v and gate/up projections built once per
   are the rows of one small attention ``q [b·kv_heads, n_rep, d]`` (two batched matmuls);
 * rotary tables gathered once per row for every future step (positions ``len(prompt) + t``),
   so a step slices them instead of recomputing cos/sin;
-* batch compaction: :meth:`FastDecoder.keep` drops finished rows from the cache and state.
+* batch compaction: :meth:`FastDecoder.keep` drops finished rows from the cache and state;
+* row ranges: :meth:`FastDecoder.forward_rows` runs one step for a contiguous range of rows, so
+  that disjoint ranges can run in parallel threads (the sampler does so on a multi-core CPU).
 
 Positions follow the project contract (``vapo.models.forward``): position = cumsum(mask) − 1,
 so a prompt's left padding does not shift its positions, and the log-probs recomputed by a
@@ -212,18 +214,29 @@ class FastDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed response token t (``tokens`` [b], one per live row), return the logits [b, V] of
         token t + 1. Requires t < max_new_tokens."""
-        b = tokens.shape[0]
+        logits = self.forward_rows(tokens, 0, tokens.shape[0])
+        self.advance()
+        return logits
+
+    def forward_rows(self, tokens: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """The decoding step t for the live rows ``lo:hi`` only: ``tokens`` [b] holds every live
+        row's token t (rows outside ``lo:hi`` are not read); writes those rows' keys and values at
+        column P + t and returns their logits [hi − lo, V]. Disjoint row ranges touch disjoint
+        memory, so they may run at the same time in different threads; :meth:`advance` ends the
+        step once every row has been computed. (Each row's arithmetic is the same whatever the
+        range: the rows of a step are independent.)"""
+        b = hi - lo
         Hq, Hkv, d = self.n_heads, self.n_kv, self.head_dim
         col = self.P + self.t
-        cos, sin = self.cos_r[:, self.t], self.sin_r[:, self.t]  # [b, 1, d]
-        bias = self.key_bias.view(b * Hkv, 1, -1)[..., : col + 1]  # [b·Hkv, 1, col+1]
+        cos, sin = self.cos_r[lo:hi, self.t], self.sin_r[lo:hi, self.t]  # [b, 1, d]
+        bias = self.key_bias[lo:hi].view(b * Hkv, 1, -1)[..., : col + 1]  # [b·Hkv, 1, col+1]
         half = d // 2
-        x = F.embedding(tokens, self.embed)  # [b, H]
+        x = F.embedding(tokens[lo:hi], self.embed)  # [b, H]
         for li, ly in enumerate(self.layers):
             h = _rms(x, ly.ln1, ly.ln1_eps)
             qkv = F.linear(h, ly.w_qkv, ly.b_qkv).view(b, Hq + 2 * Hkv, d)
             qk = _rope(qkv[:, : Hq + Hkv], cos, sin, half)
-            kv = self.cache[li]
+            kv = self.cache[li, :, lo:hi]  # [2, b, Hkv, L, d]: each row's block is contiguous
             kv[0, :, :, col] = qk[:, Hq:]
             kv[1, :, :, col] = qkv[:, Hq + Hkv :]
             k = kv[0].view(b * Hkv, -1, d)[:, : col + 1]  # [b·Hkv, col+1, d] (views of the cache)
@@ -240,8 +253,11 @@ class FastDecoder:
             o = torch.bmm(att, v)  # [b·Hkv, n_rep, d]
             x = x + F.linear(o.view(b, Hq * d), ly.w_o, ly.b_o)
             x = x + self._mlp(_rms(x, ly.ln2, ly.ln2_eps), ly)
-        self.t += 1
         return self._logits(x)
+
+    def advance(self) -> None:
+        """End the decoding step (every live row has been through :meth:`forward_rows`)."""
+        self.t += 1
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows ``index`` [b'] (int64, into the current rows) of the cache and state."""

@@ -195,14 +195,80 @@ def _finish(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ids: torch.Tens
     )
 
 
+# Rows per thread below which a decoding step runs on one thread: a step of fewer rows is a few
+# hundred microseconds of small kernels, and handing rows to another thread costs tens.
+MIN_ROWS_PER_THREAD = 32
+
+
+class _RowThreads:
+    """Runs each decoding step's live rows as contiguous ranges on ``n`` threads, every kernel
+    single-threaded (the calling thread takes the first range).
+
+    A decoding step on a CPU is ~70 small kernels. PyTorch's intra-op threads split each kernel
+    separately: a fork and a join per kernel, most of them too small to split at all, and when the
+    cores are shared with other work a join waits for a thread that is not scheduled. Rows of a
+    step are independent (each has its own cache rows), so here each thread runs whole steps of
+    its own rows: one hand-off per step. The caller's intra-op thread count is set to 1 while this
+    object is open and restored by :meth:`close`.
+    """
+
+    def __init__(self, dec: FastDecoder, n: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dec, self.n = dec, n
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self.pool = ThreadPoolExecutor(n - 1, thread_name_prefix="vapo-rollout", initializer=torch.set_num_threads,
+                                       initargs=(1,))
+
+    def _rows(self, tokens: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.dec.forward_rows(tokens, lo, hi)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        b = tokens.shape[0]
+        n = min(self.n, b // MIN_ROWS_PER_THREAD)
+        if n <= 1:
+            return self.dec.step(tokens)
+        cut = [b * i // n for i in range(n + 1)]
+        futures = [self.pool.submit(self._rows, tokens, cut[i], cut[i + 1]) for i in range(1, n)]
+        try:
+            first = self.dec.forward_rows(tokens, 0, cut[1])
+        finally:
+            rest = [f.result() for f in futures]  # wait for every range, even if this one failed
+        self.dec.advance()
+        return torch.cat([first, *rest])
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        torch.set_num_threads(self.saved)
+
+
 def _sample_fast(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, T: int, temperature: float,
                  top_p: float, eos: int | None, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fast engine. Returns ids [B, T] and logprobs [B, T] of every step (unfinished columns of
-    rows that ended early hold garbage that :func:`_finish` masks)."""
+    rows that ended early hold garbage that :func:`_finish` masks).
+
+    On a CPU with ``torch.get_num_threads()`` = n > 1 and at least 2 × MIN_ROWS_PER_THREAD rows,
+    the decoding steps run row ranges on n threads (:class:`_RowThreads`); the draws stay in one
+    thread, in the same order, so the tokens for a given generator do not depend on n."""
     B = prompt_ids.shape[0]
     dev = prompt_ids.device
     dec = FastDecoder(model, T)
     logits = dec.prefill(prompt_ids, prompt_mask)
+    threads = torch.get_num_threads() if dev.type == "cpu" else 1
+    runner = _RowThreads(dec, threads) if threads > 1 and B >= 2 * MIN_ROWS_PER_THREAD and T > 1 else None
+    try:
+        return _decode(dec, runner, logits, B, T, temperature, top_p, eos, generator)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _decode(dec: FastDecoder, runner: _RowThreads | None, logits: torch.Tensor, B: int, T: int, temperature: float,
+            top_p: float, eos: int | None, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    dev = logits.device
+    step = dec.step if runner is None else runner.step
     out_ids = torch.zeros(B, T, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, T, dtype=torch.float32, device=dev)
     rows = torch.arange(B, device=dev)  # original index of each live row
@@ -232,7 +298,7 @@ def _sample_fast(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
                 rows, buf_ids, buf_lp = rows[keep], buf_ids[keep], buf_lp[keep]
                 tok, done = tok[keep], done[keep]
                 dec.keep(keep)
-        logits = dec.step(tok)
+        logits = step(tok)
     out_ids[rows] = buf_ids
     out_lp[rows] = buf_lp
     return out_ids, out_lp

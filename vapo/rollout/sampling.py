@@ -52,6 +52,25 @@ def filtered_logprobs(logits: torch.Tensor, temperature: float, top_p: float) ->
     return logp - torch.logsumexp(logp, dim=-1, keepdim=True)
 
 
+def exponential_noise(shape: tuple[int, ...] | torch.Size, device: torch.device | str,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """E ~ Exp(1) i.i.d., float32, the same values as ``torch.empty(shape).exponential_(generator)``.
+
+    On the CPU, ``exponential_`` draws one float64 uniform u per element (in memory order, from
+    ``generator``'s stream) and returns float32(−log1p(−u)), one element at a time (~20 ns each,
+    a tenth of a decoding step at batch 256). Here the same u come from ``uniform_`` on a float64
+    tensor (the same stream, the same order) and the transform is vectorised: the generator ends
+    in the same state and the values are the same (the float32 rounding hides the last-bit
+    differences of a vectorised float64 ``log1p``; ``tests/rollout/test_sampling.py`` checks the
+    equality). Other devices: ``exponential_`` itself (its transform differs on CUDA).
+    """
+    device = torch.device(device)
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
+    u = torch.empty(shape, dtype=torch.float64).uniform_(generator=generator)
+    return u.neg_().log1p_().neg_().float()
+
+
 def draw(logits: torch.Tensor, temperature: float, top_p: float,
          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row and its log-probability under the sampling distribution.
@@ -70,7 +89,7 @@ def draw(logits: torch.Tensor, temperature: float, top_p: float,
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
     logp = filtered_logprobs(logits, temperature, top_p)
     dev = generator.device if generator is not None else logp.device
-    noise = torch.empty(logp.shape, dtype=torch.float32, device=dev).exponential_(generator=generator)
+    noise = exponential_noise(logp.shape, dev, generator)
     if noise.device != logp.device:
         noise = noise.to(logp.device)
     # Exponential race: argmax π/E = argmax (log π − log E); tokens with π = 0 (−inf) never win.
