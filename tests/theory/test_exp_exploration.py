@@ -68,9 +68,11 @@ def test_chain_answer_is_the_first_wrong_position():
 
 
 def test_mechanism_calls_and_rule_flip():
-    up = {"call": "supported"}
-    flat = {"call": "inconclusive"}
-    down = {"call": "refuted"}
+    up = {"call": "supported", "diff": 0.05}
+    flat = {"call": "inconclusive", "diff": 0.0}
+    down = {"call": "refuted", "diff": -0.05}
+    ceiling = {"call": "supported", "diff": 1e-4}  # significant but negligible: no effect
+    assert E.mechanism_call(flat, ceiling) == "no effect"
     assert E.mechanism_call(flat, up) == "helps"
     assert E.mechanism_call(down, up) == "hurts"
     assert E.mechanism_call(flat, down) == "hurts"

@@ -325,6 +325,7 @@ MECHANISMS = (
     Mechanism("exactV+kl_cov", "exactV", "kl_cov"),
 )
 PASS_K = 8  # the pass@k the mechanisms are judged on (with pass@1)
+MIN_EFFECT = 0.01  # a difference smaller than this counts as no effect, however small its SE (a ceiling)
 
 
 def chain_answers(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -402,12 +403,18 @@ def train_mechanism(mdp: ChainMDP, mech: Mechanism, *, steps: int, budget: int, 
     return curves
 
 
+def _moved(d: dict) -> str:
+    """The paired comparison's call ('supported' / 'refuted' / 'inconclusive'), with differences
+    below MIN_EFFECT counted as inconclusive."""
+    return d["call"] if abs(d["diff"]) >= MIN_EFFECT else "inconclusive"
+
+
 def mechanism_call(d_pass1: dict, d_passk: dict) -> str:
-    """'helps': pass@8 up by > 2 SE and pass@1 not down by > 2 SE; 'hurts': pass@8 or pass@1 down
-    by > 2 SE; otherwise 'no effect'."""
-    if d_passk["call"] == "refuted" or d_pass1["call"] == "refuted":
+    """'helps': pass@8 up by > 2 SE (and by >= MIN_EFFECT) and pass@1 not down so; 'hurts': pass@8
+    or pass@1 down by > 2 SE and >= MIN_EFFECT; otherwise 'no effect'."""
+    if _moved(d_passk) == "refuted" or _moved(d_pass1) == "refuted":
         return "hurts"
-    if d_passk["call"] == "supported":
+    if _moved(d_passk) == "supported":
         return "helps"
     return "no effect"
 
@@ -432,10 +439,10 @@ class ExplorationMechanisms(Experiment):
         "for the two losses), ends with a higher exact pass@8 and an exact pass@1 that is not lower."
     )
     decision_rule = (
-        "Per mechanism, paired differences over seeds of the final exact pass@1 and pass@8 against its base: "
-        "'helps' if pass@8 is higher by more than 2 SE and pass@1 not lower by more than 2 SE; 'hurts' if either "
-        "is lower by more than 2 SE; else 'no effect'. Verdict: refuted if more than half of the mechanisms hurt, "
-        "supported if at least half help, otherwise inconclusive."
+        "Per mechanism, paired differences over seeds of the final exact pass@1 and pass@8 against its base "
+        "(a difference counts only if it exceeds 2 SE and 0.01): 'helps' if pass@8 is higher and pass@1 not "
+        "lower; 'hurts' if either is lower; else 'no effect'. Verdict: refuted if more than half of the mechanisms "
+        "hurt, supported if at least half help, otherwise inconclusive."
     )
 
     def sizes(self, quick: bool) -> dict:
@@ -458,29 +465,26 @@ class ExplorationMechanisms(Experiment):
                 arr = np.array([r[key] for r in per_seed])
                 runs[mech.name][f"final_{key}"] = arr[:, -1].tolist()
                 runs[mech.name][f"{key}_mean_curve"] = arr.mean(0).tolist()
-        comparisons, calls = {}, {}
+        comparisons = {}
         for mech in MECHANISMS:
             if mech.mechanism == "none":
                 continue
             a, b = runs[mech.name], runs[mech.base]
-            d = {key: _compare(np.array(a[f"final_{key}"]), np.array(b[f"final_{key}"]))
-                 for key in ("pass1", f"pass{PASS_K}", "entropy")}
-            comparisons[mech.name] = d
-            calls[mech.name] = mechanism_call(d["pass1"], d[f"pass{PASS_K}"])
+            comparisons[mech.name] = {key: _compare(np.array(a[f"final_{key}"]), np.array(b[f"final_{key}"]))
+                                      for key in ("pass1", f"pass{PASS_K}", "entropy")}
         return {"sizes": sz, "seed": seed, "pass_k_judged": PASS_K,
                 "initial_pass1": exact_pass_at_k(mdp, mdp.init_logits, 1),
                 f"initial_pass{PASS_K}": exact_pass_at_k(mdp, mdp.init_logits, PASS_K),
-                "initial_entropy": mdp.entropy(mdp.init_logits), "runs": runs, "comparisons": comparisons,
-                "calls": calls}
+                "initial_entropy": mdp.entropy(mdp.init_logits), "runs": runs, "comparisons": comparisons}
 
     def decide(self, results: dict) -> Verdict:
-        status = mechanisms_rule(results["calls"])
         k = results["pass_k_judged"]
-        parts = [f"{name} {c} (Δpass@1 {results['comparisons'][name]['pass1']['diff']:+.3f}, "
-                 f"Δpass@{k} {results['comparisons'][name][f'pass{k}']['diff']:+.3f})"
-                 for name, c in results["calls"].items()]
-        return Verdict(status, "exploration_mechanisms: " + status + " — " + "; ".join(parts),
-                       {"calls": results["calls"]})
+        comp = results["comparisons"]
+        calls = {name: mechanism_call(d["pass1"], d[f"pass{k}"]) for name, d in comp.items()}
+        status = mechanisms_rule(calls)
+        parts = [f"{name} {c} (Δpass@1 {comp[name]['pass1']['diff']:+.3f}, Δpass@{k} {comp[name][f'pass{k}']['diff']:+.3f})"
+                 for name, c in calls.items()]
+        return Verdict(status, "exploration_mechanisms: " + status + " — " + "; ".join(parts), {"calls": calls})
 
     def plot(self, results: dict, out_dir: Path) -> list[Path]:
         """pass@1, pass@8 and entropy curves per condition."""
