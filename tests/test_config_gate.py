@@ -79,3 +79,44 @@ def test_names_are_read_from_the_registries_as_they_are_now():
     with pytest.raises(ConfigError, match="unknown advantage estimator"):
         resolve_config(overrides=override)
     assert "ppo_clip" in POLICY_LOSSES
+
+
+def test_transformers_510_beside_kernels_015_is_refused_before_work(monkeypatch):
+    import vapo.compat as compat
+
+    versions = {"transformers": "5.10.4", "kernels": "0.19.1"}
+    monkeypatch.setattr(compat.metadata, "version", lambda name: versions[name])
+    with pytest.raises(ConfigError, match="every model load fails") as e:
+        resolve_config()
+    assert "kernels<0.15" in str(e.value)
+    versions["kernels"] = "0.14.2"
+    assert compat.kernels_conflict() is None
+    versions.update(transformers="5.25.0", kernels="0.19.1")
+    assert compat.kernels_conflict() is None
+
+
+def test_answers_certain_to_truncate_are_warned_before_work(capsys):
+    import random
+    from pathlib import Path
+
+    from vapo.models import validate_model
+    from vapo.tasks import task_from_config
+
+    long_cot = Path(__file__).resolve().parents[1] / "examples" / "long_cot.yaml"
+    cfg = resolve_config(config_file=long_cot, overrides=["rollout.max_new_tokens=100"])
+    validate_model(cfg, task_from_config(cfg.task))
+    err = capsys.readouterr().err
+    assert "[vapo] warning: rollout.max_new_tokens=100 is shorter than" in err and "most answers" in err
+    cfg = resolve_config(config_file=long_cot)
+    validate_model(cfg, task_from_config(cfg.task))
+    assert "warning" not in capsys.readouterr().err
+    default = resolve_config()
+    validate_model(default, task_from_config(default.task))
+    assert "warning" not in capsys.readouterr().err
+    # a budget between the median and the longest demonstration: only the longest are named
+    task = task_from_config(cfg.task)
+    lens = sorted(len(task.sample(random.Random(i), "train").solution) for i in range(64))
+    mid = resolve_config(config_file=long_cot, overrides=[f"rollout.max_new_tokens={lens[-8]}"])
+    validate_model(mid, task)
+    err = capsys.readouterr().err
+    assert f"[vapo] warning: rollout.max_new_tokens={lens[-8]}" in err and "answers that long" in err

@@ -22,9 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vapo.algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, check_extra
+from vapo.compat import kernels_conflict
 from vapo.errors import ConfigError, VapoError, did_you_mean, unknown_name_error
-from vapo.tasks import TASKS
-from vapo.tasks.gym import PREFIX as GYM_PREFIX
+from vapo.tasks import TASK_PREFIXES, TASKS
 from vapo.train.sinks import validate_sinks
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -451,6 +451,10 @@ def check_trainable(cfg: Config, source: str = "config") -> None:
     ratio's old log-probs and the trained log-probs must be of the same distribution.
     """
     check_names(cfg, source)
+    conflict = kernels_conflict()
+    if conflict:
+        raise ConfigError(conflict, where="installed packages",
+                          fix="pip install 'kernels<0.15' (what vapo[verl] pins), or keep verl in an environment of its own (docs/verl.md)")
     cc = cfg.algo.critic
     if not cc.enabled:
         # Their defaults are inert without a critic (e.g. --preset vapo --set algo.critic.enabled=false);
@@ -510,10 +514,14 @@ def check_names(cfg: Config, source: str = "config") -> None:
     except VapoError as e:
         raise _as_config_error(e, source) from None
     task = cfg.task.name
-    if not task.startswith(GYM_PREFIX) and task not in TASKS:
-        known = [*TASKS, f"{GYM_PREFIX}<dataset>"]
+    if not any(task.startswith(p) for p in TASK_PREFIXES) and task not in TASKS:
+        known = [*TASKS, *(f"{p}<name>" for p in TASK_PREFIXES)]
         raise ConfigError(f"unknown task {task!r}.{did_you_mean(task, known)}", where=f"{source}: task.name",
                           fix=f"use one of: {', '.join(known)}")
+    if "verify_timeout" in cfg.task.kwargs:
+        raise ConfigError("task.kwargs.verify_timeout is not a task option: a run has one verification timeout",
+                          where=f"{source}: task.kwargs.verify_timeout",
+                          fix=f"set task.verify_timeout={cfg.task.kwargs['verify_timeout']} instead")
     try:
         validate_sinks(cfg)
     except VapoError as e:

@@ -33,7 +33,7 @@ def test_hand_computed_shares():
     assert rep["total_weight"]["token-mean"] == pytest.approx(1.0)
     assert [rep["tokens"][b] for b in labels] == pytest.approx([2 / 14, 4 / 14, 0, 8 / 14])
     assert [rep["responses"][b] for b in labels] == pytest.approx([1 / 3, 1 / 3, 0, 1 / 3])
-    hook = weight_share_metrics(_mask(lengths, 8), torch.tensor(lengths), "seq-mean-token-mean", 8)
+    hook = weight_share_metrics(_mask(lengths, 8), torch.tensor(lengths), "seq-mean-token-mean", 8, 8)
     assert list(hook.values()) == pytest.approx([1 / 3, 1 / 3, 0, 1 / 3])
     assert list(hook) == ["diag/weight_share_1_2", "diag/weight_share_3_4", "diag/weight_share_5_6", "diag/weight_share_7_8"]
 

@@ -132,14 +132,14 @@ def test_sigkill_at_random_moments_then_resume_is_exact(reference):
 
 def test_a_checkpoint_killed_mid_write_is_never_taken_for_a_good_one(reference):
     """A kill during a checkpoint write leaves a checkpoint set in which every step_N verifies."""
-    from vapo.train.checkpoint import checkpoint_candidates, verify_checkpoint
+    from vapo.train.checkpoint import list_checkpoints, verify_checkpoint
 
     tmp, _, _ = reference
     run = tmp / "runs" / "w"
     env = _env(tmp, VAPO_CHECKPOINT_PAUSE="0.3")
     proc = _start(tmp, "w", False, env)
     assert _kill_when(proc, lambda: _writing(run) and len(_steps(run)) >= 1), "no checkpoint write was caught"
-    for _, path in checkpoint_candidates(run / "checkpoints"):
+    for _, path in list_checkpoints(run, finished=False):
         verify_checkpoint(path)
 
 

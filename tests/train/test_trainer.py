@@ -13,7 +13,8 @@ from vapo.errors import VapoError
 from vapo.tasks import ProceduralTask, register_task
 from vapo.train import Callback, resume_run, start_run
 from vapo.train.batch import Experience, micro_batches
-from vapo.train.rundir import AtomicDir, checkpoint_dirs, new_run_dir, read_jsonl
+from vapo.train.checkpoint import list_checkpoints
+from vapo.train.rundir import AtomicDir, new_run_dir, read_jsonl
 
 TIME_KEYS = ("tokens_per_s", "time_rollout", "time_annotate", "time_actor", "time_critic", "time_iter")
 
@@ -58,7 +59,7 @@ def test_every_preset_runs_through_the_same_loop(tmp_path, preset):
         assert (run / "checkpoints" / "critic_init").is_dir()
     assert summary["iterations"] == 1
     assert (run / "config.yaml").is_file() and (run / "plots" / "training.png").is_file()
-    assert [s for s, _ in checkpoint_dirs(run)] == [0, 1]
+    assert [s for s, _ in list_checkpoints(run)] == [0, 1]
 
 
 def test_diagnose_every_logs_diagnostics_into_metrics(tmp_path):
@@ -251,7 +252,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
     assert proc.returncode == 0, out[-2000:]
     assert "interrupted" in out
     done = len(read_jsonl(metrics))
-    assert [s for s, _ in checkpoint_dirs(runs / "int")][-1] == done
+    assert [s for s, _ in list_checkpoints(runs / "int")][-1] == done
     events = [e["phase"] for e in read_jsonl(runs / "int" / "events.jsonl")]
     assert "interrupted" in events
     # Continue to a few more iterations than were done: edit the target, then resume.

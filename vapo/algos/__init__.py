@@ -21,6 +21,7 @@ from vapo.algos.advantages import (
     masked_gae_reference,
     register_advantage_estimator,
     resolve_actor_lambda,
+    response_lengths,
     rloo_advantages,
 )
 from vapo.algos.groups import GroupStats, group_stats
@@ -48,7 +49,12 @@ from vapo.algos.losses import (
     token_weights,
     value_loss,
 )
-from vapo.algos.shaping import dynamic_sampling_keep, overlong_penalty, scores_to_token_rewards
+from vapo.algos.shaping import (
+    dynamic_sampling_keep,
+    overlong_penalty,
+    scores_to_token_rewards,
+    zero_signal_fraction,
+)
 
 # Importing the package registers every built-in estimator, so that names in a config
 # (e.g. "gae_error_aware") resolve wherever vapo.algos is imported.
@@ -92,6 +98,7 @@ __all__ = [
     "positive_nll_loss",
     "register_advantage_estimator",
     "resolve_actor_lambda",
+    "response_lengths",
     "register_loss_agg_mode",
     "register_policy_loss",
     "rloo_advantages",
@@ -99,4 +106,5 @@ __all__ = [
     "token_covariance",
     "token_weights",
     "value_loss",
+    "zero_signal_fraction",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "passk_credit",
     "register_advantage_estimator",
     "resolve_actor_lambda",
+    "response_lengths",
     "rloo_advantages",
 ]
 
@@ -623,14 +624,19 @@ def check_extra(name: str, extra: Mapping[str, Any], where: str = "algo.advantag
                             f"got {value!r}", where=f"{where}.{key}", fix=f"give a {_type_names(types)} value")
 
 
-def resolve_actor_lambda(params: AdvantageParams, response_mask: torch.Tensor
-                         ) -> float | torch.Tensor:
+def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
+    """[B] float32 lengths of the rows of ``response_mask`` [B, T]; an empty row counts as 1 (it
+    has no token for λ to act on)."""
+    return response_mask.to(torch.float32).sum(-1).clamp_min(1.0)
+
+
+def resolve_actor_lambda(params: AdvantageParams, lengths: torch.Tensor) -> float | torch.Tensor:
     """The actor's GAE λ: ``params.lam_actor``, or when it is None the length-adaptive
-    λ(l) = 1 − 1/(α·l) of each row of ``response_mask`` [B, T] ([B] float32; an empty row counts
-    as length 1). The one place an estimator turns "adaptive" into numbers."""
+    λ(l) = 1 − 1/(α·l) of each response (``lengths`` [B] ≥ 1, e.g. :func:`response_lengths`;
+    [B] float32, float64 for float64 lengths). The one place "adaptive" turns into numbers, for
+    the estimators, the trainer's logged λ and the diagnostics."""
     if params.lam_actor is not None:
         return params.lam_actor
-    lengths = response_mask.to(torch.float32).sum(-1).clamp_min(1.0)  # empty rows: any
     return adaptive_lambda(lengths, params.alpha)
 
 
@@ -647,7 +653,7 @@ def _gae_estimator(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOut
                         where="AdvantageInput.values",
                         fix="pass the critic's [B, T] values, or use a critic-free estimator "
                             "(grpo, dr_grpo, rloo)")
-    lam_actor = resolve_actor_lambda(params, inp.response_mask)
+    lam_actor = resolve_actor_lambda(params, response_lengths(inp.response_mask))
     adv, ret = decoupled_gae(inp.token_rewards, inp.values, inp.response_mask,
                              params.gamma, lam_actor, params.lam_critic)
     return AdvantageOutput(adv, ret)

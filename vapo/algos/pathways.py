@@ -68,6 +68,7 @@ from vapo.algos.advantages import (
     masked_gae,
     register_advantage_estimator,
     resolve_actor_lambda,
+    response_lengths,
 )
 from vapo.algos.groups import group_stats
 from vapo.errors import VapoError
@@ -486,7 +487,7 @@ def gae_mc_anchored(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
         strength=float(extra.get("anchor_strength", 1.0)),
         profile=str(extra.get("anchor_profile", "linear")),
     )
-    lam = resolve_actor_lambda(params, inp.response_mask)
+    lam = resolve_actor_lambda(params, response_lengths(inp.response_mask))
     adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
     _, ret = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=params.lam_critic)
     return AdvantageOutput(advantages=adv, returns=ret)
@@ -638,7 +639,7 @@ def vine(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
                             fix="set algo.advantage.gamma=1.0 (Monte-Carlo values are undiscounted)")
         return AdvantageOutput(vine_advantages(inp.token_rewards, inp.values, points, inp.response_mask), None)
     v = fill_mc_values(inp.values, points, inp.response_mask)
-    lam = resolve_actor_lambda(params, inp.response_mask)
+    lam = resolve_actor_lambda(params, response_lengths(inp.response_mask))
     adv, _ = masked_gae(inp.token_rewards, v, inp.response_mask, gamma=params.gamma, lam=lam)
     return AdvantageOutput(adv, None)
 

@@ -62,6 +62,18 @@ def dynamic_sampling_keep(scores: torch.Tensor, group_index: torch.Tensor) -> to
     return ~group_stats(scores, group_index).all_equal
 
 
+def zero_signal_fraction(scores: torch.Tensor, group_index: torch.Tensor) -> float:
+    """Fraction of the responses whose group's scores are all equal (no group-relative signal;
+    the groups' fraction when they are of one size): ``1 − mean(dynamic_sampling_keep)``, the
+    ``zero_signal_frac`` that training logs and the diagnostics report. NaN for an empty batch.
+
+    Args: scores [B] float; group_index [B] int group ids.
+    """
+    if scores.numel() == 0:
+        return float("nan")
+    return 1.0 - dynamic_sampling_keep(scores, group_index).float().mean().item()
+
+
 def scores_to_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Outcome rewards as token rewards (docs/algorithms.md, "Notation"): r[i, l_i - 1] = R_i, else 0, where
     l_i - 1 is the position of the *last real token* of row i (any mask layout).

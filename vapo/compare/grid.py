@@ -175,12 +175,12 @@ def check_names(cfg: Config) -> None:
     """Names the config keeps as plain strings must exist in their registries (the trainer would
     otherwise fail only when the cell starts)."""
     import vapo.algos as algos
-    from vapo.tasks import get_task
+    from vapo.tasks import task_from_config
 
     algos.get_advantage_estimator(cfg.algo.advantage.estimator)
     algos.get_policy_loss(cfg.algo.policy_loss.name)
     algos.get_loss_agg_mode(cfg.algo.policy_loss.agg_mode)
-    get_task(cfg.task.name, **cfg.task.kwargs)
+    task_from_config(cfg.task)
 
 
 def load_grid(path: str | Path, *, quick: bool = False, extra_set: Sequence[str] = ()) -> Grid:

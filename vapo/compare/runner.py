@@ -37,6 +37,7 @@ import yaml
 import vapo
 from vapo.compare.grid import Cell, Grid, check_same_config
 from vapo.errors import VapoError
+from vapo.train.checkpoint import list_checkpoints
 
 STATUS_FILE = "status.json"
 METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz and <cell>.eval.jsonl.gz: the curves, small enough to commit
@@ -127,8 +128,6 @@ def _write_status(out: Path, plans: list[CellPlan]) -> None:
 def plan_cells(grid: Grid, out: Path) -> list[CellPlan]:
     """Decide what to do with each cell from what is on disk; raises before anything starts when a
     cell's directory holds a run of another config."""
-    from vapo.train.rundir import checkpoint_dirs
-
     previous = _read_status(out)
     plans = []
     for cell in grid.cells:
@@ -140,7 +139,7 @@ def plan_cells(grid: Grid, out: Path) -> list[CellPlan]:
                 check_same_config(cell, yaml.safe_load(saved.read_text()) or {}, run_dir)
             if (run_dir / "summary.json").is_file():
                 action = "reuse"
-            elif checkpoint_dirs(run_dir):
+            elif list_checkpoints(run_dir):
                 action = "resume"
             else:
                 action = "restart"
@@ -357,12 +356,10 @@ def diagnose_runs(targets: list[tuple[str, Path]], out: Path, *, jobs: int, quic
     """`vapo diagnose` on the latest checkpoint of each run (reused when already there).
 
     Returns {variant: diagnostics directory} for those that produced a diagnostics.json."""
-    from vapo.train.rundir import checkpoint_dirs
-
     done: dict[str, Path] = {}
     queue = []
     for variant, run_dir in targets:
-        ckpts = checkpoint_dirs(run_dir)
+        ckpts = list_checkpoints(run_dir)
         if not ckpts:
             continue
         step = ckpts[-1][0]

@@ -18,6 +18,7 @@ comparable. "Best λ" per length bucket = the smallest noise-corrected MSE.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,9 @@ import torch
 
 from vapo.algos.advantages import (
     AdvantageInput,
-    adaptive_lambda,
     get_advantage_estimator,
     masked_gae,
+    resolve_actor_lambda,
 )
 from vapo.algos.shaping import scores_to_token_rewards
 from vapo.config import AdvantageConfig
@@ -73,7 +74,8 @@ def estimator_advantages(batch: Any, values: torch.Tensor | None, adv: Advantage
         v = values.double() * mask
         for lam in LAMBDAS:
             out[f"λ={lam:g}"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam)
-        lam_ad = adaptive_lambda(batch.lengths.double(), adv.alpha)
+        adaptive = replace(advantage_params(adv), lam_actor=None)  # the adaptive λ, whatever the run's
+        lam_ad = resolve_actor_lambda(adaptive, batch.lengths.double())
         out["adaptive"], _ = masked_gae(rewards, v, mask, gamma=gamma, lam=lam_ad)
     inp = AdvantageInput(token_rewards=rewards, response_mask=mask, values=None, scores=batch.scores.double(),
                          group_index=batch.group_index)

@@ -68,10 +68,11 @@ def critic_error_report(v: np.ndarray, mc_mean: np.ndarray, mc_var: np.ndarray, 
     return out
 
 
-def critic_values_at(critic: Any, batch: Any, rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def critic_values_at(critic: Any, batch: Any, rows: np.ndarray, ts: np.ndarray, *, max_tokens: int) -> np.ndarray:
     """The critic's V(prompt + response[:t]) [K] float64 at each (row, t) (vapo.train.probe.values_at,
-    as value pretraining's probe reads them)."""
-    return values_at(critic, batch, rows, ts)
+    as value pretraining's probe reads them), in forward passes of at most ``max_tokens`` padded
+    tokens (the run's optim.micro_batch_tokens)."""
+    return values_at(critic, batch, rows, ts, max_tokens=max_tokens)
 
 
 def finding(report: dict[str, Any] | None, name: str = "critic") -> str:

@@ -14,7 +14,9 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
+from vapo.algos.shaping import zero_signal_fraction as algos_zero_signal_fraction
 from vapo.diagnostics.common import bootstrap_ci
 from vapo.train.evaluate import pass_at_k
 
@@ -55,9 +57,9 @@ def batch_pass_at_k(correct: np.ndarray, group_index: np.ndarray) -> dict[str, d
 
 
 def zero_signal_fraction(scores: np.ndarray, group_index: np.ndarray) -> float:
-    """Fraction of groups whose answers all have the same reward (no group-relative signal)."""
-    groups = np.unique(group_index)
-    return float(np.mean([np.ptp(scores[group_index == g]) == 0 for g in groups])) if len(groups) else float("nan")
+    """Fraction of answers whose group's rewards are all equal (no group-relative signal): the
+    one definition, :func:`vapo.algos.shaping.zero_signal_fraction`, on arrays."""
+    return algos_zero_signal_fraction(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(group_index))
 
 
 def exploration_report(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], correct: np.ndarray,

@@ -37,7 +37,8 @@ def evaluate_checkpoint(policy: Any, tokenizer: Any, task: Any, cfg: Any, *, pro
     out = {}
     for split in GEN_SPLITS:
         r = evaluate_split(policy, tokenizer, task, split, prompts=prompts, samples=samples, temperature=cfg.eval.temperature,
-                           top_p=cfg.eval.top_p, max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
+                           top_p=cfg.eval.top_p, max_new_tokens=cfg.rollout.max_new_tokens, seed=seed,
+                           verify_timeout=cfg.task.verify_timeout)
         n = prompts * samples
         lo, hi = wilson(r["accuracy"] * n, n)
         out[split] = {"accuracy": {"value": r["accuracy"], "lo": lo, "hi": hi, "n": n}, "by_size": r["by_size"],

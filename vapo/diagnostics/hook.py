@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from vapo.algos.losses import token_weights
+from vapo.algos.shaping import zero_signal_fraction
 from vapo.diagnostics.common import bucket_of, generate_batch, length_edges
-from vapo.diagnostics.exploration import zero_signal_fraction
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
+from vapo.train import adapter
 from vapo.train.collect import RewardSettings
 from vapo.train.run import Callback
 
@@ -36,13 +37,14 @@ PROBE_CONTINUATIONS = 8
 
 
 def weight_share_metrics(mask: torch.Tensor, lengths: torch.Tensor, mode: str, max_new_tokens: int,
-                         norm_len: int | None = None) -> dict[str, float]:
+                         norm_len: int) -> dict[str, float]:
     """{"diag/weight_share_<lo>_<hi>": share} per length bucket (quarters of L_max) under ``mode``.
 
-    Args: mask [B, T] {0,1}; lengths [B]; mode: an aggregation mode; norm_len: T_max (default L_max).
+    Args: mask [B, T] {0,1}; lengths [B]; mode: an aggregation mode; norm_len: T_max
+        (vapo.train.adapter.norm_len of the run's config).
     """
     edges = length_edges(max_new_tokens)
-    w = token_weights(mask.double(), mode, norm_len=norm_len or max_new_tokens).sum(1).numpy()
+    w = token_weights(mask.double(), mode, norm_len=norm_len).sum(1).numpy()
     b = bucket_of(lengths, edges)
     total = w.sum()
     return {f"diag/weight_share_{lo + 1}_{hi}": float(w[b == j].sum() / total) if total > 0 else float("nan")
@@ -63,8 +65,8 @@ def during_training(trainer: Any, exp: Any) -> dict[str, float]:
     cfg = trainer.cfg
     settings = RewardSettings.from_config(cfg)
     m = weight_share_metrics(exp.response_mask, exp.lengths, cfg.algo.policy_loss.agg_mode, settings.max_new_tokens,
-                             cfg.algo.policy_loss.norm_len)
-    m["diag/zero_signal_frac"] = zero_signal_fraction(exp.scores.cpu().numpy(), exp.group_index.cpu().numpy())
+                             adapter.norm_len(cfg))
+    m["diag/zero_signal_frac"] = zero_signal_fraction(exp.scores.cpu(), exp.group_index.cpu())
     if trainer.uses_critic and trainer.critic is not None:
         from vapo.diagnostics.critic import critic_values_at
 
@@ -77,7 +79,7 @@ def during_training(trainer: Any, exp: Any) -> dict[str, float]:
         rows, ts, _ = probe_positions(batch.lengths.numpy(), rows, (0.5,))
         mc = mc_values(trainer.policy, trainer.tokenizer, trainer.task, batch, rows, ts, continuations=PROBE_CONTINUATIONS,
                        settings=settings, generator=torch.Generator().manual_seed(seed))
-        v = critic_values_at(trainer.critic, batch, rows, ts)
+        v = critic_values_at(trainer.critic, batch, rows, ts, max_tokens=cfg.optim.micro_batch_tokens)
         e = v - mc.mean
         m["diag/critic_bias"] = float(e.mean())
         m["diag/critic_rmse"] = float(np.sqrt(max(float(np.mean(e**2) - np.mean(mc.var_mean)), 0.0)))

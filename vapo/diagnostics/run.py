@@ -143,7 +143,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
     Returns the diagnostics dictionary (what diagnostics.json holds).
     """
     from vapo.models import load_policy_and_tokenizer
-    from vapo.tasks import get_task
+    from vapo.tasks import task_from_config
     from vapo.train.rundir import read_jsonl
     from vapo.train.ui import progress_ui
 
@@ -154,7 +154,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
     cfg, step, ckpt, found = _load_run(run, step)
     out = Path(out) if out is not None else run / "diagnostics" / f"step_{step}"
     out.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.task.name, **cfg.task.kwargs)
+    task = task_from_config(cfg.task)
     policy, tokenizer = load_policy_and_tokenizer(ckpt / "policy")
     policy.eval()
     critic = _load_critic(ckpt / "critic") if cfg.algo.critic.enabled else None
@@ -181,7 +181,7 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
 
         # ---- section 3: length weighting
         t0 = time.perf_counter()
-        norm_len = cfg.algo.policy_loss.norm_len or settings.max_new_tokens
+        norm_len = adapter.norm_len(cfg)
         run_adv = _run_advantages(cfg, batch, values)
         tid = ui.add_task("3 length weighting", total=1)
         shares = weight_mod.weight_shares(batch.response_mask, batch.lengths, edges, labels, norm_len)
@@ -292,6 +292,6 @@ def _pretraining_probe(run: Path, step: int, found: list[tuple[int, Path]], cfg:
         v_mc, var_mc = mc.mean, mc.var_mean
     out = {"n_prefixes": len(rows), "policy": "step_0"}
     for name, c in (("before", before), ("after", after)):
-        v = critic_mod.critic_values_at(c, batch, rows, ts)
+        v = critic_mod.critic_values_at(c, batch, rows, ts, max_tokens=cfg.optim.micro_batch_tokens)
         out[name] = critic_mod.critic_error_report(v, v_mc, var_mc, rel, bucket, labels)
     return out

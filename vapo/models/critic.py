@@ -36,9 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel
 
 from vapo.errors import VapoError
+from vapo.models.options import enable_checkpointing, has_lora, is_checkpointing, merge_lora
+from vapo.models.policy import load_policy
 
 CRITIC_FORMAT = "vapo-critic-v2"  # v2: prompt columns have a surprise bucket of their own
 OLD_FORMATS = ("vapo-critic-v1",)  # loadable unless they carry the surprise input (v1 bucketed prompt tokens)
@@ -50,8 +54,6 @@ PROMPT_BUCKET = len(SURPRISE_EDGES) + 1  # the bucket of every prompt column: "n
 
 
 def _checkpointing(model: nn.Module) -> bool:
-    from vapo.models.hf import is_checkpointing
-
     return is_checkpointing(model)
 
 
@@ -98,8 +100,6 @@ class Critic(nn.Module):
             raise VapoError(f"cannot find the backbone of {type(policy).__name__}", where="Critic.from_policy",
                             fix="pass a Hugging Face causal LM (e.g. from vapo.models.build_policy)")
         backbone = copy.deepcopy(base)
-        from vapo.models.hf import has_lora, merge_lora
-
         if has_lora(backbone):  # a LoRA actor: the critic trains all weights of a plain copy
             merge_lora(backbone)
         backbone.requires_grad_(True)
@@ -153,8 +153,6 @@ class Critic(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` + ``model.safetensors`` (the backbone, HF format),
         ``value_head.safetensors`` and ``critic.json`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(d)
@@ -172,9 +170,6 @@ class Critic(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Critic:
         """Load a critic written by :meth:`save_pretrained` (in the dtype it was saved in)."""
-        from safetensors.torch import load_file
-        from transformers import AutoModel
-
         d = Path(directory)
         missing = [f for f in ("config.json", HEAD_FILE, META_FILE) if not (d / f).is_file()]
         if not d.is_dir() or missing:
@@ -195,13 +190,9 @@ class Critic(nn.Module):
             raise VapoError(f"could not load the critic backbone from {d}: {type(e).__name__}: {e}",
                             where="Critic.from_pretrained", fix="re-save the critic with Critic.save_pretrained") from e
         if meta.get("gradient_checkpointing"):
-            from vapo.models.hf import enable_checkpointing
-
             enable_checkpointing(backbone)
         surprise_policy = None
         if meta.get("surprise"):
-            from vapo.models import load_policy
-
             surprise_policy = load_policy(d / SURPRISE_DIR)
         critic = cls(backbone, zero_init=True, surprise_policy=surprise_policy)
         head = load_file(str(d / HEAD_FILE))

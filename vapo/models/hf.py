@@ -13,138 +13,48 @@ checkpoint reloads as it was trained (``vapo eval``, ``--resume``) without the r
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from transformers import AutoConfig, AutoModel
 
-from vapo.errors import ConfigError, VapoError
-from vapo.models.policy import DTYPES, OPTIONS_KEY, _check_model_dir, load_policy, load_tokenizer
-
-
-def model_options(mc: Any) -> dict[str, Any]:
-    """The loading options of a ``ModelConfig``: dtype, gradient checkpointing, LoRA (or None)."""
-    lora = None
-    if mc.lora_rank > 0:
-        lora = {"r": mc.lora_rank, "alpha": mc.lora_alpha, "dropout": mc.lora_dropout,
-                "target_modules": list(mc.lora_target_modules)}
-    return {"dtype": mc.dtype, "gradient_checkpointing": mc.gradient_checkpointing, "lora": lora}
-
-
-def apply_model_options(model: Any, options: dict[str, Any], *, weights_dir: str | Path | None = None) -> Any:
-    """Apply ``options`` (see :func:`model_options`) to ``model`` in place and record them in its
-    config. With LoRA, only the adapters stay trainable; adapter weights saved in ``weights_dir``
-    (a checkpoint of a LoRA policy) are loaded back."""
-    dtype = options.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}", where="model.dtype", fix=f"use one of {', '.join(DTYPES)}")
-    if next(model.parameters()).dtype != DTYPES[dtype]:
-        model.to(DTYPES[dtype])
-    if options.get("lora"):
-        add_lora(model, options["lora"], weights_dir=weights_dir)
-    if options.get("gradient_checkpointing"):
-        enable_checkpointing(model)
-    setattr(model.config, OPTIONS_KEY, dict(options))
-    return model
-
-
-# ---------------------------------------------------------------------------------------- LoRA
-def add_lora(model: Any, lora: dict[str, Any], *, weights_dir: str | Path | None = None) -> None:
-    """Inject LoRA adapters (peft) into ``model``'s ``target_modules`` in place and freeze every
-    other weight. The model keeps its class (``Qwen2ForCausalLM``, ...), so the forward passes of
-    :mod:`vapo.models.forward` and ``save_pretrained`` work unchanged (the adapters are saved with
-    the weights)."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as e:
-        raise ConfigError("model.lora_rank > 0 needs the peft package", where="model.lora_rank",
-                          fix="pip install 'vapo[hf]' (or set model.lora_rank=0)") from e
-    if not any(_is_lora_layer(m) for m in model.modules()):
-        try:
-            inject_adapter_in_model(LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
-                                               lora_dropout=float(lora["dropout"]),
-                                               target_modules=list(lora["target_modules"])), model)
-        except ValueError as e:
-            raise ConfigError(f"could not add LoRA adapters: {e}", where="model.lora_target_modules",
-                              fix="name linear layers of this architecture, e.g. [q_proj, k_proj, v_proj, o_proj]") from e
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
-    if weights_dir is not None and saved_lora_weights(weights_dir):
-        saved = _read_safetensors(Path(weights_dir))
-        missing, _ = model.load_state_dict(saved, strict=False)
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.tie_weights()
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing:
-            raise VapoError(f"the LoRA checkpoint in {weights_dir} lacks {len(missing)} weights (e.g. {missing[0]})",
-                            where="load_policy", fix="load a checkpoint saved by vapo with the same LoRA settings")
-
-
-def saved_lora_weights(directory: str | Path) -> bool:
-    """True when the safetensors weights in ``directory`` hold LoRA adapters (a saved LoRA policy)."""
-    from safetensors import safe_open
-
-    for f in Path(directory).glob("*.safetensors"):
-        if f.name != "value_head.safetensors":
-            with safe_open(str(f), "pt") as fh:
-                if any("lora_" in k for k in fh.keys()):
-                    return True
-    return False
-
-
-def enable_checkpointing(model: Any) -> None:
-    """Activation (gradient) checkpointing, non-reentrant, through whichever API transformers has."""
-    fn = getattr(model, "activation_checkpointing_enable", None)
-    if fn is not None:
-        fn(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def is_checkpointing(model: Any) -> bool:
-    if hasattr(model, "is_activation_checkpointing"):
-        return bool(model.is_activation_checkpointing)
-    return bool(getattr(model, "is_gradient_checkpointing", False))
-
-
-def _is_lora_layer(module: Any) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "get_base_layer")
-
-
-def has_lora(model: Any) -> bool:
-    return any(_is_lora_layer(m) for m in model.modules())
-
-
-def merge_lora(model: Any) -> Any:
-    """Fold every LoRA adapter into its base weight and put the plain layer back (in place).
-    Used on the critic's copy of a LoRA policy's backbone: the critic trains all its weights."""
-    for name, module in list(model.named_modules()):
-        if _is_lora_layer(module):
-            module.merge()
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
-    return model
-
-
-def _read_safetensors(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(d.glob("*.safetensors")):
-        if f.name != "value_head.safetensors":
-            out.update(load_file(str(f)))
-    return out
+from vapo.errors import ConfigError, VapoError, unknown_name_error
+from vapo.models.critic import Critic
+from vapo.models.options import (  # noqa: F401  re-exported: the loading options belong to this API
+    DTYPES,
+    OPTIONS_KEY,
+    add_lora,
+    apply_model_options,
+    enable_checkpointing,
+    has_lora,
+    is_checkpointing,
+    merge_lora,
+    model_options,
+    saved_lora_weights,
+)
+from vapo.models.policy import (
+    MODEL_SIZES,
+    _check_model_dir,
+    ensure_tokenizer_compatible,
+    load_policy,
+    load_tokenizer,
+)
+from vapo.models.tokenizer import (
+    build_char_tokenizer,
+    prompt_token_ids,
+    render_prompt,
+    set_prompt_format,
+)
 
 
 # ---------------------------------------------------------------------------------------- loading
 def load_model(cfg: Any) -> tuple[Any, Any]:
     """The policy and tokenizer of ``cfg.model.path`` with the config's options applied and the
     prompt format (chat template, system prompt) stored on the tokenizer."""
-    from vapo.models.policy import ensure_tokenizer_compatible
-    from vapo.models.tokenizer import set_prompt_format
-
     mc = cfg.model
     p = Path(mc.path)
     _check_model_dir(p, "model.path")
@@ -158,10 +68,6 @@ def load_model(cfg: Any) -> tuple[Any, Any]:
 def build_critic(cfg: Any, policy: Any) -> Any:
     """The critic: a copy of ``policy``'s backbone (LoRA merged) or the backbone saved in
     ``model.critic_path``, with a zero value head; dtype and gradient checkpointing as the policy's."""
-    from transformers import AutoModel
-
-    from vapo.models.critic import Critic
-
     mc, cc = cfg.model, cfg.algo.critic
     zero_init = cc.head_init == "zero"
     if mc.critic_path is None:
@@ -179,8 +85,6 @@ def build_critic(cfg: Any, policy: Any) -> Any:
         if n_emb < n_tok:
             raise VapoError(f"the critic's embedding has {n_emb} rows but the policy's tokenizer needs {n_tok}",
                             where="model.critic_path", fix="use a critic model with the policy's tokenizer")
-        import copy
-
         frozen = copy.deepcopy(policy) if cc.surprise_input else None
         critic = Critic(backbone, zero_init=zero_init, surprise_policy=frozen).to(next(policy.parameters()).device)
     if mc.gradient_checkpointing:
@@ -213,34 +117,51 @@ def task_prompts(task: Any, per_split: int = 256) -> list[tuple[str, str]]:
     return out
 
 
+def train_demonstrations(task: Any, n: int = 256) -> list[tuple[str, str]]:
+    """(where, solution) pairs of the train split: every train row of a file-backed task, else
+    ``n`` samples."""
+    rows = getattr(task, "rows", None)
+    if isinstance(rows, dict) and rows.get("train"):
+        return [(p.meta.get("source", f"train row {i + 1}"), p.solution) for i, p in enumerate(rows["train"])]
+    rng = random.Random(1)
+    return [(f"train sample {i}", task.sample(rng, "train").solution) for i in range(n)]
+
+
+def check_answer_budget(cfg: Any, tokenizer: Any, task: Any) -> str | None:
+    """A warning (printed on stderr, and returned) when ``rollout.max_new_tokens`` is shorter than
+    some of the task's train demonstrations (solution + EOS, in tokens): answers that long are
+    certain to be cut off unfinished. Not refused: short budgets are legitimate for smoke runs."""
+    budget = cfg.rollout.max_new_tokens
+    lens = [(len(tokenizer.encode(sol, add_special_tokens=False)) + 1, where) for where, sol in train_demonstrations(task)]
+    over = [(n, where) for n, where in lens if n > budget]
+    if not over:
+        return None
+    longest, where = max(over)
+    most = "most answers" if 2 * len(over) >= len(lens) else "answers that long"
+    what = (f"rollout.max_new_tokens={budget} is shorter than {len(over)} of {len(lens)} train demonstrations "
+            f"(longest: {where}, {longest} tokens with EOS): {most} will be cut off unfinished; "
+            f"set rollout.max_new_tokens={longest} to leave room for them")
+    print(f"[vapo] warning: {what}", file=sys.stderr, flush=True)
+    return what
+
+
 def validate_model(cfg: Any, task: Any = None) -> dict[str, Any]:
     """Check ``cfg.model`` without loading weights; raise VapoError naming what is wrong and how
     to fix it. Checks: the directory and its config.json, a tokenizer with an EOS token, the chat
     template renders, the vocabulary fits the embedding, the critic directory, peft for LoRA, and
-    (given ``task``) that the longest prompt plus ``rollout.max_new_tokens`` fits the context.
+    (given ``task``) that the longest prompt plus ``rollout.max_new_tokens`` fits the context and
+    that the train demonstrations fit ``rollout.max_new_tokens`` (:func:`check_answer_budget`).
 
     Returns ``{"context": int, "longest_prompt": int, "chat_template": bool}``.
     """
-    from transformers import AutoConfig
-
-    from vapo.models.policy import MODEL_SIZES
-    from vapo.models.tokenizer import (
-        build_char_tokenizer,
-        prompt_token_ids,
-        render_prompt,
-        set_prompt_format,
-    )
-
     mc = cfg.model
     if mc.lora_rank > 0:
-        try:
+        try:  # peft is the optional extra vapo[hf]: checked only when LoRA is asked for
             import peft  # noqa: F401
         except ImportError as e:
             raise ConfigError("model.lora_rank > 0 needs the peft package", where="model.lora_rank",
                               fix="pip install 'vapo[hf]' (or set model.lora_rank=0)") from e
     if mc.path is None:
-        from vapo.errors import unknown_name_error
-
         if mc.size not in MODEL_SIZES:
             raise unknown_name_error("model size", mc.size, MODEL_SIZES, where="model.size")
         tokenizer = build_char_tokenizer()
@@ -271,6 +192,7 @@ def validate_model(cfg: Any, task: Any = None) -> dict[str, Any]:
                             where="model.critic_path", fix="use a critic model trained with the policy's tokenizer")
     longest, where_longest = 0, ""
     if task is not None:
+        check_answer_budget(cfg, tokenizer, task)
         for where, text in task_prompts(task):
             n = len(prompt_token_ids(tokenizer, text))
             if n > longest:

@@ -13,13 +13,22 @@ The models are float32 with PyTorch's scaled-dot-product attention ("sdpa").
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from vapo.errors import VapoError, unknown_name_error
+from vapo.models.options import DTYPES, OPTIONS_KEY, apply_model_options, saved_lora_weights
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,6 @@ MODEL_SIZES: dict[str, ModelSize] = {
 
 def policy_config(size: str, tokenizer: Any) -> Any:
     """The ``Qwen2Config`` of a named size for ``tokenizer``'s vocabulary."""
-    from transformers import Qwen2Config
-
     if size not in MODEL_SIZES:
         raise unknown_name_error("model size", size, MODEL_SIZES, where="model.size")
     s = MODEL_SIZES[size]
@@ -72,8 +79,6 @@ def build_policy(size: str, tokenizer: Any, seed: int = 0) -> Any:
     Deterministic given ``seed``: the weights are drawn under a forked RNG seeded with it, so the
     global torch RNG is left untouched. Returned in eval mode; call ``.train()`` to train.
     """
-    from transformers import Qwen2ForCausalLM
-
     config = policy_config(size, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -85,8 +90,6 @@ def build_policy(size: str, tokenizer: Any, seed: int = 0) -> Any:
     return model.eval()
 
 
-OPTIONS_KEY = "vapo_options"  # in config.json: dtype, gradient checkpointing and LoRA of a saved policy
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -102,7 +105,7 @@ def _check_model_dir(p: Path, where: str) -> None:
 def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
     """Load a causal LM saved with ``save_pretrained`` (``AutoModelForCausalLM``), eval mode.
 
-    ``options`` (see :func:`vapo.models.hf.model_options`): ``dtype`` ("float32" | "bfloat16"),
+    ``options`` (see :func:`vapo.models.options.model_options`): ``dtype`` ("float32" | "bfloat16"),
     ``gradient_checkpointing`` (bool) and ``lora`` (peft LoRA settings or None). When omitted they
     are read from the ``vapo_options`` entry that a saved policy carries in its config.json (so a
     checkpoint reloads as it was trained), else float32, no checkpointing, no LoRA.
@@ -111,10 +114,6 @@ def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
     weights. The tokenizer is loaded separately (``AutoTokenizer.from_pretrained(path)``), or both
     together with :func:`load_policy_and_tokenizer`.
     """
-    import json
-
-    from transformers import AutoModelForCausalLM
-
     p = Path(path)
     _check_model_dir(p, "load_policy")
     if options is None:
@@ -124,14 +123,10 @@ def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
             raise VapoError(f"{p / 'config.json'} is not a JSON object: {e}", where="load_policy",
                             fix="re-save the model with save_pretrained") from e
     dtype = options.get("dtype", "float32")
-    from vapo.models.hf import apply_model_options, saved_lora_weights
-
     try:
         if options.get("lora") and saved_lora_weights(p):
             # a checkpoint of a LoRA policy: its layers are saved as base_layer + lora_A/B, which
             # apply_model_options loads after injecting the adapters into a model built from config
-            from transformers import AutoConfig
-
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p), dtype=DTYPES[dtype],
                                                      attn_implementation="sdpa")
         else:
@@ -146,8 +141,6 @@ def load_policy(path: str | Path, options: dict[str, Any] | None = None) -> Any:
 def load_tokenizer(path: str | Path, *, where: str = "model.path") -> Any:
     """``AutoTokenizer.from_pretrained(path)`` with a clear error when there is none. A tokenizer
     without a pad token pads with its EOS (``pad_token = eos_token``); one without EOS is refused."""
-    from transformers import AutoTokenizer
-
     p = Path(path)
     if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
         # (transformers would build an empty tokenizer from the model's config alone)

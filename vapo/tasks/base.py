@@ -188,25 +188,42 @@ class ProceduralTask:
 TASKS: Registry[Callable[..., Task]] = Registry("task", where="task.name")
 
 
+# name prefix -> factory(name, **kwargs) for families of tasks named "<prefix><member>" (e.g.
+# "rg:" for reasoning-gym datasets, registered by vapo.tasks.gym)
+TASK_PREFIXES: Registry[Callable[..., Task]] = Registry("task name prefix", where="task.name")
+
+
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Decorator: ``@register_task("my_task")`` on a Task class (or factory) makes
     ``get_task("my_task", **kwargs)`` build it. Registering a taken name raises VapoError."""
     return TASKS.register(name)
 
 
-def get_task(name: str, **kwargs: Any) -> Task:
-    """Build the task registered as ``name`` with ``kwargs`` (the config's ``task.kwargs``);
-    ``rg:<dataset>`` builds a reasoning-gym task."""
-    if name.startswith("rg:"):
-        from vapo.tasks.gym import make_gym_task
+def register_task_prefix(prefix: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: ``@register_task_prefix("rg:")`` on ``factory(name, **kwargs)`` makes
+    ``get_task("rg:<member>", **kwargs)`` call it with the whole name."""
+    return TASK_PREFIXES.register(prefix)
 
-        return make_gym_task(name, **kwargs)
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the task registered as ``name`` with ``kwargs`` (the config's ``task.kwargs``); a
+    name starting with a registered prefix (``rg:<dataset>``: a reasoning-gym task) goes to that
+    prefix's factory."""
+    for prefix, make in TASK_PREFIXES.items():
+        if name.startswith(prefix):
+            return make(name, **kwargs)
     factory = TASKS.get(name)
     try:
         return factory(**kwargs)
     except TypeError as e:
         raise ConfigError(f"bad options for task {name!r}: {e}", where="task.kwargs",
                           fix="see `vapo.tasks.TASKS[name]` for the accepted options") from e
+
+
+def task_from_config(task_cfg: Any) -> Task:
+    """The task of a config's ``task`` section (``name``, ``kwargs``): what training, evaluation,
+    the diagnostics and ``vapo compare`` all build."""
+    return get_task(task_cfg.name, **task_cfg.kwargs)
 
 
 def sample_problems(task: Task, rng: random.Random, n: int, split: str = "train") -> list[Problem]:

@@ -14,7 +14,9 @@ Options (``task.kwargs`` of ``task.name=file``):
                    so the split does not depend on the order of the rows.
     verifier       "math_verify" (default: normalised exact match, then math-verify's equivalence,
                    e.g. ``1/2`` = ``0.5`` = ``\\frac{1}{2}``) or "exact" (normalised exact match only).
-    verify_timeout seconds math-verify may spend parsing and comparing one answer (5).
+    (How long one answer's verification may take is the run's one setting ``task.verify_timeout``,
+    enforced around every verifier call by vapo.tasks.guard; ``task.kwargs.verify_timeout`` is
+    refused.)
 
 Fields of a row:
     prompt      (str, required)  the text given to the model
@@ -55,6 +57,7 @@ from vapo.tasks.base import (
     final_answer,
     is_heldout,
     register_task,
+    task_from_config,
 )
 
 
@@ -174,7 +177,7 @@ class FileTask:
     def __init__(self, path: str | Path | None = None, heldout_path: str | Path | None = None,
                  long_path: str | Path | None = None, fields: dict[str, str] | None = None,
                  heldout_frac: float = 0.1, split_seed: int = 0, verifier: str = "math_verify",
-                 verify_timeout: float = 5.0):
+                 verify_timeout: float | None = None):
         if path is None:
             raise ConfigError("the file task needs a path", where="task.kwargs.path",
                               fix="set task.kwargs.path to a .jsonl or .parquet file or a saved datasets directory")
@@ -198,7 +201,7 @@ class FileTask:
             except ImportError as e:
                 raise ConfigError("verifier 'math_verify' needs the math-verify package", where="task.kwargs.verifier",
                                   fix="pip install 'vapo[math]', or set task.kwargs.verifier=exact") from e
-        if not verify_timeout > 0:
+        if verify_timeout is not None and not verify_timeout > 0:
             raise ConfigError(f"verify_timeout must be > 0, got {verify_timeout}", where="task.kwargs.verify_timeout",
                               fix="e.g. verify_timeout: 5")
         self.path = Path(path)
@@ -207,7 +210,8 @@ class FileTask:
         self.heldout_frac = float(heldout_frac)
         self.split_seed = int(split_seed)
         self.verifier = verifier
-        self.verify_timeout = float(verify_timeout)
+        # math-verify's own per-call timeouts (None: none; the guard's task.verify_timeout bounds the call)
+        self.verify_timeout = None if verify_timeout is None else float(verify_timeout)
         self.sources: dict[str, str] = {}
         self.rows: dict[str, list[Problem]] = {s: [] for s in SPLITS}
         rows, columns, extra = read_rows(self.path, where="task.kwargs.path")
@@ -357,7 +361,8 @@ class FileTask:
         counts = ", ".join(f"{s} {len(self.rows[s])}" for s in SPLITS)
         src = "".join(f"; {s} from {v}" for s, v in self.sources.items())
         fb = "".join(f"; {s} falls back to {t}" for s, t in self.fallback.items())
-        how = "normalised exact match" + (f", then math-verify ({self.verify_timeout:g} s timeout)" if self.verifier == "math_verify" else "")
+        limit = "" if self.verify_timeout is None else f" ({self.verify_timeout:g} s timeout)"
+        how = "normalised exact match" + (f", then math-verify{limit}" if self.verifier == "math_verify" else "")
         held = "" if "heldout" in self.sources else f"; held out: {self.heldout_frac:.0%} by seeded hash (split_seed {self.split_seed})"
         return f"file: {self.path} ({counts} rows{src}{held}{fb}); {how}"
 
@@ -365,6 +370,4 @@ class FileTask:
 def validate_task(cfg: Any) -> Any:
     """Build the task of ``cfg.task`` (reading and checking all its data) or raise a VapoError
     naming the file and row; call it before creating a run directory."""
-    from vapo.tasks.base import get_task
-
-    return get_task(cfg.task.name, **cfg.task.kwargs)
+    return task_from_config(cfg.task)

@@ -18,9 +18,15 @@ correct when it is 1). ``size_key`` names a metadata field that serves as the le
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import random
+import sys
+import time
 from typing import Any
 
+from vapo.cache import cache_root
 from vapo.errors import ConfigError, did_you_mean
 from vapo.tasks.base import (
     MARKER,
@@ -30,11 +36,17 @@ from vapo.tasks.base import (
     check_split,
     final_answer,
     register_task,
+    register_task_prefix,
 )
 
 PREFIX = "rg:"
 SEED_GAP = 1_000_003
 DEFAULT_INSTRUCTION = f"\nGive only the final answer on the last line, after '{MARKER} '."
+CACHE_AFTER_S = 5.0  # a build that takes longer is cached under <cache>/gym (what was generated, not the scorer)
+
+
+def _say(text: str) -> None:
+    print(f"[vapo] {text}", file=sys.stderr, flush=True)
 
 
 def _reasoning_gym() -> Any:
@@ -58,6 +70,8 @@ class GymTask:
     def __init__(self, dataset: str | None = None, size: int = 1000, heldout_size: int = 200, seed: int = 0,
                  config: dict[str, Any] | None = None, long_config: dict[str, Any] | None = None, long_size: int = 200,
                  instruction: str = DEFAULT_INSTRUCTION, size_key: str | None = None):
+        if dataset is not None:  # importing reasoning-gym and generating its problems can take a while
+            _say(f"building reasoning-gym task {PREFIX}{dataset} ...")
         rg = _reasoning_gym()
         if dataset is None:
             raise ConfigError("the rg task needs a dataset name", where="task.kwargs.dataset",
@@ -83,16 +97,44 @@ class GymTask:
             plans.append(("long", long_size, seed + 2 * SEED_GAP, {**(config or {}), **long_config}))
         else:
             self.fallback["long"] = "heldout"
-        seen: set[str] = set()
+        ident = json.dumps([dataset, plans, instruction, size_key, getattr(rg, "__version__", "?")], sort_keys=True,
+                           default=repr)
+        cached = cache_root() / "gym" / f"{dataset}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.pkl"
+        t0 = time.perf_counter()
         for split, n, s, opts in plans:
             try:
-                ds = rg.create_dataset(dataset, size=n, seed=s, **opts)
+                self.datasets[split] = rg.create_dataset(dataset, size=n, seed=s, **opts)
             except Exception as e:  # reasoning-gym validates its own options with asserts/TypeErrors
                 key = "long_config" if split == "long" else "config"
                 raise ConfigError(f"reasoning-gym could not build {dataset!r} for the {split} split: "
                                   f"{type(e).__name__}: {e}", where=f"task.kwargs.{key}",
                                   fix=f"check the options of reasoning_gym's {dataset} config") from e
-            self.datasets[split] = ds
+        if cached.is_file():
+            try:
+                self.rows = pickle.loads(cached.read_bytes())
+                _say(f"{self.name}: problems loaded from the cache {cached}")
+            except Exception:  # a damaged or foreign cache file: generate again
+                self.rows = {s: [] for s in SPLITS}
+        if not any(self.rows.values()):
+            _say(f"{self.name}: generating " + ", ".join(f"{n} {split}" for split, n, _, _ in plans) + " problems")
+            self._generate(plans)
+            took = time.perf_counter() - t0
+            note = ""
+            if took > CACHE_AFTER_S:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".tmp{time.time_ns()}")
+                tmp.write_bytes(pickle.dumps(self.rows))
+                tmp.replace(cached)
+                note = f"; cached in {cached}"
+            _say(f"{self.name}: built in {took:.0f} s{note}")
+        if not self.rows["heldout"]:
+            raise ConfigError("every held-out problem is also a training problem", where="task.kwargs",
+                              fix="this dataset has few distinct problems: lower size or raise the difficulty in config")
+
+    def _generate(self, plans: list[tuple[str, int, int, dict[str, Any]]]) -> None:
+        seen: set[str] = set()
+        for split, _, _, _ in plans:
+            ds = self.datasets[split]
             for i in range(len(ds)):
                 entry = ds[i]
                 q = entry["question"]
@@ -101,9 +143,6 @@ class GymTask:
                 elif split == "heldout" and q in seen:
                     continue
                 self.rows[split].append(self._problem(entry, split, i))
-        if not self.rows["heldout"]:
-            raise ConfigError("every held-out problem is also a training problem", where="task.kwargs",
-                              fix="this dataset has few distinct problems: lower size or raise the difficulty in config")
 
     def _problem(self, entry: dict[str, Any], split: str, index: int) -> Problem:
         answer = str(entry["answer"]).strip()
@@ -151,6 +190,7 @@ class GymTask:
         return f"{self.name}: reasoning-gym {self.dataset_name} ({counts} problems{fb}); scored by its score_answer"
 
 
+@register_task_prefix(PREFIX)
 def make_gym_task(name: str, **kwargs: Any) -> GymTask:
     """``rg:<dataset>`` → :class:`GymTask` (the form ``--task rg:<name>`` takes)."""
     if not name.startswith(PREFIX) or len(name) == len(PREFIX):

@@ -7,17 +7,19 @@ The defaults live in vapo/config.py only; everything here passes explicit values
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from vapo.algos.advantages import (
     AdvantageInput,
     AdvantageParams,
-    adaptive_lambda,
     get_advantage_estimator,
+    resolve_actor_lambda,
 )
 from vapo.algos.losses import kl_estimate, masked_whiten
 from vapo.algos.shaping import scores_to_token_rewards
-from vapo.config import AdvantageConfig, AlgoConfig, PolicyLossConfig
+from vapo.config import AdvantageConfig, AlgoConfig, Config, PolicyLossConfig
 
 
 def advantage_params(a: AdvantageConfig) -> AdvantageParams:
@@ -31,11 +33,43 @@ def advantage_params(a: AdvantageConfig) -> AdvantageParams:
 
 def actor_lambda(a: AdvantageConfig, lengths: torch.Tensor) -> torch.Tensor:
     """The actor's GAE λ of each response [B] (lengths [B] ≥ 1): the fixed ``lam_actor``, or the
-    length-adaptive λ(l) = 1 − 1/(α·l) (docs/algorithms.md, length-adaptive GAE)."""
-    if a.lam_actor == "adaptive":
-        return adaptive_lambda(lengths, a.alpha)
+    length-adaptive λ(l) = 1 − 1/(α·l) (docs/algorithms.md, length-adaptive GAE), resolved by
+    :func:`vapo.algos.advantages.resolve_actor_lambda` as the estimators resolve it."""
+    lam = resolve_actor_lambda(advantage_params(a), lengths)
+    if isinstance(lam, torch.Tensor):
+        return lam
     dtype = lengths.dtype if lengths.is_floating_point() else torch.float32
-    return torch.full(lengths.shape, float(a.lam_actor), dtype=dtype)
+    return torch.full(lengths.shape, float(lam), dtype=dtype)
+
+
+def norm_len(cfg: Config) -> int:
+    """T_max of the seq-mean-token-sum-norm aggregation: ``algo.policy_loss.norm_len``, or when
+    it is null the longest answer, ``rollout.max_new_tokens``."""
+    return cfg.algo.policy_loss.norm_len or cfg.rollout.max_new_tokens
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What the actor's loss is made of, from ``algo.policy_loss`` and ``algo.kl``: the policy
+    loss ``name`` (its own keyword arguments: :func:`policy_loss_kwargs`), the token weights
+    (``agg_mode``, ``norm_len``), the positive-example NLL and entropy-bonus coefficients, and the
+    KL term of the loss (``kl_coef`` 0 when the KL is off or applied in the reward instead)."""
+
+    name: str
+    agg_mode: str
+    norm_len: int
+    nll_coef: float
+    entropy_coef: float
+    kl_coef: float
+    kl_estimator: str
+
+
+def loss_settings(cfg: Config) -> LossSettings:
+    """The actor loss's settings of ``cfg`` (see :class:`LossSettings`)."""
+    pl, kl = cfg.algo.policy_loss, cfg.algo.kl
+    return LossSettings(name=pl.name, agg_mode=pl.agg_mode, norm_len=norm_len(cfg), nll_coef=pl.nll_coef,
+                        entropy_coef=pl.entropy_coef, kl_coef=0.0 if kl.in_reward else kl.coef,
+                        kl_estimator=kl.estimator)
 
 
 def token_rewards(algo: AlgoConfig, scores: torch.Tensor, response_mask: torch.Tensor,
@@ -94,4 +128,5 @@ def policy_loss_kwargs(pl: PolicyLossConfig) -> dict:
     return dict(eps_low=pl.eps_low, eps_high=pl.eps_high, dual_clip_c=pl.dual_clip_c)
 
 
-__all__ = ["actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "policy_loss_kwargs", "token_rewards"]
+__all__ = ["LossSettings", "actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "loss_settings", "norm_len",
+           "policy_loss_kwargs", "token_rewards"]

@@ -112,7 +112,7 @@ def save_checkpoint(final: Path, parts: Mapping[str, Any | Sequence[Any]], state
             _pause()
             write_manifest(tmp, step)
     except OSError as e:
-        older = [p.name for _, p in checkpoint_candidates(final.parent) if p != final and (p / MANIFEST).is_file()]
+        older = [p.name for _, p in list_checkpoints(final.parent.parent) if p != final]
         kept = f"the previous checkpoint {older[-1]} is intact" if older else "no earlier checkpoint exists"
         if final.is_dir():
             kept = f"{final.name} keeps its previous contents"
@@ -175,15 +175,19 @@ def load_state(path: Path, *, verify: bool = True) -> dict[str, Any]:
                               where=str(path), fix="use a checkpoint written by this version of vapo") from e
 
 
-def checkpoint_candidates(ck_dir: Path) -> list[tuple[int, Path]]:
-    """Every ``step_N`` directory under ``ck_dir`` (finished or not), sorted by step."""
-    ck_dir = Path(ck_dir)
+def list_checkpoints(run_dir: Path, *, finished: bool = True) -> list[tuple[int, Path]]:
+    """The checkpoints ``checkpoints/step_N`` of ``run_dir`` as ``(N, path)``, sorted by step: the
+    one listing of checkpoints. ``finished`` (default): only those whose write finished, i.e.
+    that hold the ``COMPLETE`` marker :class:`AtomicDir` writes last (every checkpoint since
+    manifests were introduced also has its manifest; whether the files still match it is
+    :func:`verify_checkpoint`'s question). ``finished=False``: every ``step_N`` directory."""
+    ck_dir = Path(run_dir) / "checkpoints"
     if not ck_dir.is_dir():
         return []
     out = []
     for p in ck_dir.iterdir():
         m = _STEP_RE.match(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and (not finished or (p / "COMPLETE").is_file()):
             out.append((int(m.group(1)), p))
     return sorted(out)
 
@@ -200,7 +204,7 @@ def latest_good_checkpoint(run_dir: Path, *, log: Callable[[str], None] | None =
         CheckpointError: checkpoints exist but none verifies (the reasons are listed).
     """
     skipped: list[tuple[Path, str]] = []
-    found = checkpoint_candidates(Path(run_dir) / "checkpoints")
+    found = list_checkpoints(run_dir, finished=False)
     for step, path in reversed(found):
         try:
             verify_checkpoint(path)
@@ -240,7 +244,7 @@ def readable_checkpoints(run_dir: Path, *, log: Callable[[str], None] | None = N
     or unverified checkpoint."""
     good: list[tuple[int, Path]] = []
     skipped: list[tuple[Path, str]] = []
-    for step, path in checkpoint_candidates(Path(run_dir) / "checkpoints"):
+    for step, path in list_checkpoints(run_dir, finished=False):
         try:
             verified = weights_verified(path)
         except CheckpointError as e:
@@ -269,7 +273,7 @@ def prune_checkpoints(run_dir: Path, keep: int, *, protect: Sequence[int] = (0,)
             removed.append(p)
     if keep <= 0:
         return removed
-    finished = [(s, p) for s, p in checkpoint_candidates(ck) if (p / MANIFEST).is_file()]
+    finished = list_checkpoints(run_dir)
     for step, path in finished[:-keep]:
         if step in protect:
             continue
@@ -279,7 +283,7 @@ def prune_checkpoints(run_dir: Path, keep: int, *, protect: Sequence[int] = (0,)
 
 
 __all__ = [
-    "MANIFEST", "STATE_FILE", "CheckpointError", "checkpoint_candidates", "latest_good_checkpoint", "load_state",
+    "MANIFEST", "STATE_FILE", "CheckpointError", "latest_good_checkpoint", "list_checkpoints", "load_state",
     "prune_checkpoints", "readable_checkpoints", "save_checkpoint", "verify_checkpoint", "weights_verified",
     "write_manifest",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vapo.config import TaskConfig
+from vapo.config import OverlongConfig, TaskConfig
 from vapo.errors import VapoError
 from vapo.tasks.guard import FAULT_KINDS, GuardedVerifier
 from vapo.train.batch import Experience, pad_left, pad_right
@@ -46,7 +46,7 @@ class RewardSettings:
     top_p: float
     max_new_tokens: int
     overlong: bool = False
-    overlong_cache_len: int = 32
+    overlong_cache_len: int = OverlongConfig.model_fields["cache_len"].default
     verify_timeout: float = TaskConfig.model_fields["verify_timeout"].default
 
     @classmethod

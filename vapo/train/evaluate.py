@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vapo.config import TaskConfig
 from vapo.errors import VapoError
 from vapo.tasks import sample_problems
 from vapo.train.collect import RewardSettings, rollout_and_score
@@ -65,6 +66,7 @@ def evaluate_split(
     max_new_tokens: int,
     seed: int = EVAL_SEED,
     batch_size: int = 512,
+    verify_timeout: float = TaskConfig.model_fields["verify_timeout"].default,
 ) -> dict[str, Any]:
     """Sample ``samples`` answers for each of ``prompts`` fixed problems of ``split`` and score them.
 
@@ -73,7 +75,8 @@ def evaluate_split(
     order) its id and number of correct answers (``problem_ids``, ``problem_correct``).
     """
     problems = eval_problems(task, split, prompts, seed)
-    settings = RewardSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    settings = RewardSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                              verify_timeout=verify_timeout)
     exp = rollout_and_score(policy, tokenizer, task, problems, settings, generator=torch.Generator().manual_seed(seed),
                             group_size=samples, chunk=batch_size)
     correct = exp.correct.tolist()
@@ -114,7 +117,7 @@ def eval_command(run: Path, *, prompts: int | None, samples: int | None, tempera
 
     from vapo.config import load_config_file
     from vapo.models import load_policy_and_tokenizer
-    from vapo.tasks import get_task
+    from vapo.tasks import task_from_config
     from vapo.train.checkpoint import readable_checkpoints, weights_verified
 
     run = Path(run)
@@ -137,14 +140,14 @@ def eval_command(run: Path, *, prompts: int | None, samples: int | None, tempera
     cfg = load_config_file(cfg_path)
     policy, tokenizer = load_policy_and_tokenizer(ckpt / "policy")
     policy.eval()
-    task = get_task(cfg.task.name, **cfg.task.kwargs)
+    task = task_from_config(cfg.task)
     e = cfg.eval
     n, k = prompts or e.prompts, samples or e.samples
     temp = e.temperature if temperature is None else temperature
     console.print(f"[bold]{ckpt}[/]  task={cfg.task.name}  prompts={n}  samples={k}  temperature={temp}  top_p={e.top_p}")
     for split in SPLITS:
         r = evaluate_split(policy, tokenizer, task, split, prompts=n, samples=k, temperature=temp, top_p=e.top_p,
-                           max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
+                           max_new_tokens=cfg.rollout.max_new_tokens, seed=seed, verify_timeout=cfg.task.verify_timeout)
         t = Table(title=f"{split}: accuracy {r['accuracy']:.3f}  (mean length {r['mean_length']:.1f}, truncated {r['truncated_frac']:.1%})")
         t.add_column("size")
         t.add_column("accuracy", justify="right")

@@ -203,10 +203,11 @@ def draw_probe(policy: Any, tokenizer: Any, task: Any, settings: RewardSettings,
 
 
 @torch.no_grad()
-def values_at(critic: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, *, max_tokens: int = 8192) -> np.ndarray:
+def values_at(critic: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, *, max_tokens: int) -> np.ndarray:
     """The critic's V(prompt + response[:t]) [K] float64 at each (rows[k], ts[k]) of ``batch``
     (vapo.models.response_values over the trainer's micro-batches: values[:, t] is the state
-    before token t). The critic's mode is restored afterwards."""
+    before token t; ``max_tokens``: the run's optim.micro_batch_tokens). The critic's mode is
+    restored afterwards."""
     from vapo.models import response_values
 
     was_training = critic.training
@@ -217,7 +218,7 @@ def values_at(critic: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, 
     return values.double().numpy()[np.asarray(rows, np.int64), np.asarray(ts, np.int64)]
 
 
-def critic_at(critic: Any, probe: ProbeSet, *, max_tokens: int = 8192) -> np.ndarray:
+def critic_at(critic: Any, probe: ProbeSet, *, max_tokens: int) -> np.ndarray:
     """The critic's V(s_k) [K] float64 at each probed state of ``probe``."""
     return values_at(critic, probe.batch, probe.rows, probe.ts, max_tokens=max_tokens)
 

@@ -90,7 +90,7 @@ def _evaluate_splits(trainer: Trainer, ui: UI) -> dict[str, Any]:
         r = evaluate_split(
             trainer.policy, trainer.tokenizer, trainer.task, split, prompts=cfg.eval.prompts, samples=cfg.eval.samples,
             temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-            seed=eval_seed(cfg.seed),
+            seed=eval_seed(cfg.seed), verify_timeout=cfg.task.verify_timeout,
         )
         r["iteration"] = trainer.iteration
         append_jsonl(trainer.run_dir / "eval.jsonl", r)

@@ -29,9 +29,6 @@ from typing import Any
 
 from vapo.errors import VapoError
 
-_STEP_RE = re.compile(r"^step_(\d+)$")
-
-
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 LOCK_FILE = ".lock"
 
@@ -160,19 +157,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 break
             raise VapoError(f"line {i + 1} is not valid JSON", where=str(path), fix="repair or remove that line") from None
     return out
-
-
-def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """Completed checkpoints of a run, sorted by step."""
-    ck = run_dir / "checkpoints"
-    if not ck.is_dir():
-        return []
-    found = []
-    for p in ck.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / "COMPLETE").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 class AtomicDir:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vapo.cache import cache_root
 from vapo.config import Config
 from vapo.errors import VapoError
-from vapo.tasks import sample_problems
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VAPO_CACHE_DIR", Path.home() / ".cache" / "vapo"))
+from vapo.tasks import MARKER, sample_problems
 
 
 def demo_batch(tokenizer: Any, problems: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +103,8 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
         ui.log(f"note: task {task.name!r} has no slip model (slipped_solution): sft.teacher_slip is ignored")
     losses = []
     policy.train()
-    for _ in range(s.steps):
+    t0 = time.perf_counter()
+    for step in range(s.steps):
         if stop is not None and stop.requested:
             raise KeyboardInterrupt
         problems = sample_problems(task, rng, s.batch_size, "train")
@@ -119,6 +117,8 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
         sched.step()
         losses.append(loss.item())
         if ui is not None:
+            if step == 0:
+                _say_what_sft_imitates(ui, task, problems, s.steps, time.perf_counter() - t0)
             ui.update(task_id, advance=1, info=f"loss {loss.item():.3f}")
     policy.eval()
     return losses
@@ -135,6 +135,19 @@ def warm_start_key(cfg: Config) -> str:
     if d["sft"].get("micro_batches") == 1:
         del d["sft"]["micro_batches"]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _say_what_sft_imitates(ui: Any, task: Any, problems: list[Any], steps: int, first_step_s: float) -> None:
+    """One note after the first SFT step when the demonstrations are bare answers (``#### 15926``,
+    e.g. reasoning-gym tasks, which give no worked solutions): what the warm start will imitate
+    and how long SFT will take at the first step's pace."""
+    if not all(p.solution.strip() == f"{MARKER} {p.answer}" for p in problems):
+        return
+    total = first_step_s * steps
+    ui.log(f"note: task {task.name!r} gives no worked solutions: SFT imitates bare answers such as "
+           f"{problems[0].solution.strip()!r} (no reasoning steps to learn), for {steps} steps, about "
+           f"{total / 60:.0f} min at the first step's {first_step_s:.2f} s; set sft.steps=0 to start RL from "
+           "the untrained model, or give a file task with worked solutions (docs/byo.md)")
 
 
 def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None = None, stop: Any = None,

@@ -44,10 +44,10 @@ from vapo.algos.losses import (
     token_weights,
     value_loss,
 )
-from vapo.algos.shaping import dynamic_sampling_keep
+from vapo.algos.shaping import dynamic_sampling_keep, zero_signal_fraction
 from vapo.config import Config
 from vapo.errors import ConfigError, VapoError
-from vapo.tasks import sample_problems
+from vapo.tasks import sample_problems, task_from_config
 from vapo.train import adapter
 from vapo.train import checkpoint as ckpt
 from vapo.train.batch import Experience, Graphs, forward_rows
@@ -144,7 +144,6 @@ class Trainer:
     """Owns the models, optimizers and random streams of one run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, dist: Dist | None = None):
-        from vapo.tasks import get_task
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -153,7 +152,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = self.dist.device(cfg.train.device)
-        self.task = get_task(cfg.task.name, **cfg.task.kwargs)
+        self.task = task_from_config(cfg.task)
         self.settings = RewardSettings.from_config(cfg)
         # NaN/Inf guard per model: consecutive skipped optimizer steps (see _finish_step).
         self.bad_updates = {who: BadUpdateGuard(cfg.train.max_bad_updates) for who in ("actor", "critic")}
@@ -288,8 +287,7 @@ class Trainer:
         parts = [p for rank_parts in self.dist.gather(mine) for p in rank_parts]
         exp = Experience.concat([e for e, _ in parts], self.tokenizer.pad_token_id)
         if not self.cfg.algo.dynamic_sampling.enabled:
-            zero = 1.0 - dynamic_sampling_keep(exp.scores, exp.group_index).float().mean().item()
-            return exp, {"gen_rounds": 1, "zero_signal_frac": zero}
+            return exp, {"gen_rounds": 1, "zero_signal_frac": zero_signal_fraction(exp.scores, exp.group_index)}
         rounds, seen, dropped = (list(x) for x in zip(*(info for _, info in parts), strict=True))
         return exp, {"gen_rounds": max(rounds), "zero_signal_frac": sum(dropped) / sum(seen)}
 
@@ -465,15 +463,14 @@ class Trainer:
         from vapo.models import response_logprobs
 
         c, o = self.cfg.algo, self.cfg.optim
-        pl = c.policy_loss
-        norm_len = pl.norm_len or self.cfg.rollout.max_new_tokens
-        loss_fn = get_policy_loss(pl.name)
+        pl, ls = c.policy_loss, adapter.loss_settings(self.cfg)
+        loss_fn = get_policy_loss(ls.name)
         stats: dict[str, list[float]] = {}
         self.policy.train()
         for _ in range(o.ppo_epochs):
             for idx in self._minibatches(len(exp)):
                 mb = exp.select(idx)
-                weights = token_weights(mb.loss_mask, pl.agg_mode, norm_len=norm_len)
+                weights = token_weights(mb.loss_mask, ls.agg_mode, norm_len=ls.norm_len)
                 n_tok = float(mb.loss_mask.sum())
                 n_pos = float((mb.loss_mask.bool() & mb.correct[:, None]).sum())
                 self.actor_opt.zero_grad(set_to_none=True)
@@ -493,16 +490,16 @@ class Trainer:
                                        **adapter.policy_loss_kwargs(pl), weights=w)
                     total = loss
                     acc.add_sum(policy_loss=loss)
-                    if pl.nll_coef > 0:
+                    if ls.nll_coef > 0:
                         nll = positive_nll_loss(logp, mask, u.correct.to(self.device), num_tokens=max(n_pos, 1.0))
-                        total = total + pl.nll_coef * nll
+                        total = total + ls.nll_coef * nll
                         acc.add_sum(nll_loss=nll)
-                    if self.uses_ref and not c.kl.in_reward:
-                        kl = aggregate_loss(kl_estimate(logp, u.ref_logprobs.to(self.device), c.kl.estimator), mask, weights=w)
-                        total = total + c.kl.coef * kl
+                    if self.uses_ref and ls.kl_coef > 0:
+                        kl = aggregate_loss(kl_estimate(logp, u.ref_logprobs.to(self.device), ls.kl_estimator), mask, weights=w)
+                        total = total + ls.kl_coef * kl
                         acc.add_sum(kl=kl)
-                    if pl.entropy_coef > 0:  # the bonus is aggregated like the policy loss (agg_mode)
-                        total = total - pl.entropy_coef * aggregate_loss(ent, mask, weights=w)
+                    if ls.entropy_coef > 0:  # the bonus is aggregated like the policy loss (agg_mode)
+                        total = total - ls.entropy_coef * aggregate_loss(ent, mask, weights=w)
                     bad += find_nonfinite(actor_loss=total, advantages=(u.advantages, u.loss_mask))
                     total.backward()
                     acc.add_sum(entropy=masked_sum(ent, mask) / max(n_tok, 1.0))  # logged as a token mean

@@ -26,6 +26,11 @@ import torch
 from vapo.algos import AdvantageInput, AdvantageParams, get_advantage_estimator, get_policy_loss
 from vapo.errors import VapoError
 
+# α of the length-adaptive λ under verl: the paper's 0.05, for the answers of hundreds to thousands
+# of tokens that verl trains on. vapo's own default (algo.advantage.alpha, vapo/config.py) is 0.5,
+# chosen for its built-in tasks' ~20-token answers; docs/verl.md says why the two differ.
+VERL_ALPHA = 0.05
+
 
 def group_ids(index: Any, device: torch.device | None = None) -> torch.Tensor:
     """verl's ``index`` (a [B] numpy array of prompt uids, usually strings) -> [B] int64 group
@@ -47,7 +52,7 @@ def vapo_gae_advantage(
     gamma: float = 1.0,
     lam_actor: float | None = None,
     lam_critic: float = 1.0,
-    alpha: float = 0.05,
+    alpha: float = VERL_ALPHA,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled GAE (actor lambda != critic lambda) with VAPO's length-adaptive actor lambda.
@@ -94,7 +99,7 @@ def _critic_free(vapo_name: str):
         out = get_advantage_estimator(vapo_name)(
             AdvantageInput(token_rewards=token_level_rewards, response_mask=response_mask,
                            group_index=group_ids(index, token_level_rewards.device)),
-            AdvantageParams(lam_actor=None, alpha=0.05),  # λ and α are unused by group estimators
+            AdvantageParams(lam_actor=None, alpha=VERL_ALPHA),  # λ and α are unused by group estimators
         )
         # verl's critic-free estimators return the advantages as "returns" too.
         return out.advantages, out.advantages

@@ -23,9 +23,9 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from vapo.algos import masked_whiten
 from vapo.errors import ConfigError
-from vapo.integrations.verl.plugin import vapo_gae_advantage
+from vapo.integrations.verl.plugin import VERL_ALPHA, vapo_gae_advantage
 
-VAPO_DEFAULTS = {"lam_actor": None, "lam_critic": 1.0, "alpha": 0.05, "whiten": False}
+VAPO_DEFAULTS = {"lam_actor": None, "lam_critic": 1.0, "alpha": VERL_ALPHA, "whiten": False}
 
 
 def vapo_settings(config: Any) -> dict[str, Any]:
