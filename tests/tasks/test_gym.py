@@ -13,6 +13,15 @@ pytest.importorskip("reasoning_gym", reason="the gym extra (reasoning-gym) is no
 from vapo.tasks.gym import GymTask, dataset_names, make_gym_task  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Generated problems are cached under VAPO_CACHE_DIR: never the user's cache in tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VAPO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def arith():
     return make_gym_task("rg:basic_arithmetic", size=60, heldout_size=30, size_key="num_terms",
@@ -75,3 +84,22 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)
     with pytest.raises(ConfigError, match="pip install 'vapo\\[gym\\]'"):
         make_gym_task("rg:basic_arithmetic")
+
+
+def test_a_slow_build_says_so_and_is_cached(monkeypatch, tmp_path, capsys):
+    import vapo.tasks.gym as gym
+
+    monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gym, "CACHE_AFTER_S", 0.0)  # every build counts as slow
+    first = make_gym_task("rg:basic_arithmetic", size=20, heldout_size=10, seed=3)
+    err = capsys.readouterr().err
+    assert "[vapo] building reasoning-gym task rg:basic_arithmetic" in err and "cached in" in err
+    assert len(list((tmp_path / "gym").glob("basic_arithmetic-*.pkl"))) == 1
+    again = make_gym_task("rg:basic_arithmetic", size=20, heldout_size=10, seed=3)
+    assert "loaded from the cache" in capsys.readouterr().err
+    assert [p.prompt for p in again.rows["train"]] == [p.prompt for p in first.rows["train"]]
+    p = again.rows["heldout"][0]
+    assert again.score(p, p.solution).correct  # the scorer is rebuilt, not cached
+    other = make_gym_task("rg:basic_arithmetic", size=20, heldout_size=10, seed=4)  # another seed: its own entry
+    assert "loaded from the cache" not in capsys.readouterr().err
+    assert [p.prompt for p in other.rows["train"]] != [p.prompt for p in first.rows["train"]]
