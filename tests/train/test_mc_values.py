@@ -52,6 +52,19 @@ def test_points_even_and_at_line_starts():
     assert ts.tolist() == [0, 2, 4, 6, 8]  # fewer lines than points: all of them
 
 
+def test_line_starts_with_the_built_in_tokenizer():
+    from vapo.models.tokenizer import build_char_tokenizer
+    from vapo.train.mc_values import newline_token_ids
+
+    tok = build_char_tokenizer()
+    text = "40:3+7=0\n39:0+7=7\n#### 7"
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    nl = newline_token_ids(tok, ids)
+    assert [tok.decode([i]) for i in nl] == ["\n"]
+    _, ts = point_positions(np.array([ids.shape[1]]), 4, "lines", ids, nl)
+    assert ts.tolist() == [0, text.index("39"), text.index("####")]  # t = 0 and the two line starts
+
+
 # The fields each pathway preset changes relative to `vapo` (everything else must be equal).
 EXPECTED = {
     "vine": {"algo.advantage.estimator": "vine", "algo.advantage.extra.vine_credit": "segment",
