@@ -413,8 +413,6 @@ class Trainer:
         from vapo.models import response_values
 
         c, o = self.cfg.algo, self.cfg.optim
-        if minibatch_size is not None and c.mc_values.pretrain_targets:  # value pretraining (the caller with minibatch_size)
-            self._pretrain_mc_targets(exp)
         epochs = o.ppo_epochs if epochs is None else epochs
         stats: dict[str, list[float]] = {}
         self.critic.train()
@@ -685,6 +683,8 @@ class Trainer:
             # Targets: Monte-Carlo returns (λ = 1 GAE returns of the token rewards).
             _, exp.returns = masked_gae(exp.token_rewards, exp.values, exp.response_mask, gamma=self.cfg.algo.advantage.gamma, lam=1.0)
             ev_batch = float(explained_variance(exp.values, exp.returns, exp.response_mask))
+            if self.cfg.algo.mc_values.pretrain_targets:  # Monte-Carlo values at points of each answer instead
+                self._pretrain_mc_targets(exp)
             st = self.update_critic(exp, epochs=cc.pretrain_epochs, minibatch_size=cc.pretrain_minibatch_size)
             grad_steps += cc.pretrain_epochs * math.ceil(len(exp) / cc.pretrain_minibatch_size)
             q = self.probe_critic(probe)
