@@ -36,6 +36,7 @@ from typing import Any
 
 from vapo.config import Config, apply_overrides, load_yaml, resolve_config
 from vapo.errors import ConfigError, VapoError, did_you_mean
+from vapo.tasks import task_from_config
 
 GRID_KEYS = ("name", "description", "seeds", "config", "base", "quick", "threshold", "equal_budget", "variants", "diagnose")
 VARIANT_KEYS = ("name", "preset", "set", "config", "paper")
@@ -175,8 +176,6 @@ def check_names(cfg: Config) -> None:
     """Names the config keeps as plain strings must exist in their registries (the trainer would
     otherwise fail only when the cell starts)."""
     import vapo.algos as algos
-    from vapo.tasks import task_from_config
-
     algos.get_advantage_estimator(cfg.algo.advantage.estimator)
     algos.get_policy_loss(cfg.algo.policy_loss.name)
     algos.get_loss_agg_mode(cfg.algo.policy_loss.agg_mode)

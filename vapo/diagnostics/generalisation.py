@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vapo.diagnostics.common import wilson
+from vapo.train.evaluate import evaluate_split
 
 GEN_SPLITS = ("train", "heldout", "long")
 
@@ -32,8 +33,6 @@ def pick_checkpoints(found: list[tuple[int, Path]], max_n: int, must: int | None
 def evaluate_checkpoint(policy: Any, tokenizer: Any, task: Any, cfg: Any, *, prompts: int, samples: int,
                         seed: int = 1234) -> dict[str, Any]:
     """{split: {"accuracy": {value, lo, hi, n}, "by_size": {...}}} for train, held-out and long."""
-    from vapo.train.evaluate import evaluate_split
-
     out = {}
     for split in GEN_SPLITS:
         r = evaluate_split(policy, tokenizer, task, split, prompts=prompts, samples=samples, temperature=cfg.eval.temperature,

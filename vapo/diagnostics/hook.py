@@ -26,6 +26,7 @@ import torch
 from vapo.algos.losses import token_weights
 from vapo.algos.shaping import zero_signal_fraction
 from vapo.diagnostics.common import bucket_of, generate_batch, length_edges
+from vapo.diagnostics.critic import critic_values_at
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
 from vapo.train import adapter
 from vapo.train.collect import RewardSettings
@@ -68,8 +69,6 @@ def during_training(trainer: Any, exp: Any) -> dict[str, float]:
                              adapter.norm_len(cfg))
     m["diag/zero_signal_frac"] = zero_signal_fraction(exp.scores.cpu(), exp.group_index.cpu())
     if trainer.uses_critic and trainer.critic is not None:
-        from vapo.diagnostics.critic import critic_values_at
-
         was = trainer.policy.training, trainer.critic.training
         trainer.policy.eval()
         seed = 10_007 * (int(trainer.iteration) + 1) + int(cfg.seed)

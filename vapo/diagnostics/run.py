@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vapo.config import load_config_file
 from vapo.diagnostics import advantage as adv_mod
 from vapo.diagnostics import critic as critic_mod
 from vapo.diagnostics import exploration as expl_mod
@@ -39,10 +40,16 @@ from vapo.diagnostics.common import (
     length_edges,
 )
 from vapo.diagnostics.mc import mc_values, probe_positions, spread_rows
+from vapo.diagnostics.report import write_outputs
 from vapo.errors import VapoError
+from vapo.models import Critic, load_policy_and_tokenizer, response_values
+from vapo.tasks import task_from_config
 from vapo.train import adapter
 from vapo.train.batch import forward_rows
+from vapo.train.checkpoint import readable_checkpoints
 from vapo.train.collect import RewardSettings
+from vapo.train.rundir import read_jsonl
+from vapo.train.ui import progress_ui
 
 logger = logging.getLogger("vapo.diagnostics")
 
@@ -81,9 +88,6 @@ class Budget:
 
 
 def _load_run(run: Path, step: int | None) -> tuple[Any, int, Path, list[tuple[int, Path]]]:
-    from vapo.config import load_config_file
-    from vapo.train.checkpoint import readable_checkpoints
-
     run = Path(run)
     if not run.is_dir():
         raise VapoError(f"run directory {run} does not exist", where="vapo diagnose RUN",
@@ -111,8 +115,6 @@ def _load_run(run: Path, step: int | None) -> tuple[Any, int, Path, list[tuple[i
 
 
 def _load_critic(path: Path) -> Any | None:
-    from vapo.models import Critic
-
     return Critic.from_pretrained(path).eval() if path.is_dir() else None
 
 
@@ -130,8 +132,6 @@ def _run_advantages(cfg: Any, batch: Any, values: torch.Tensor | None) -> torch.
 @torch.no_grad()
 def _all_values(critic: Any, batch: Any, max_tokens: int) -> torch.Tensor:
     """The critic's values [B, T] of ``batch``, over the trainer's micro-batches."""
-    from vapo.models import response_values
-
     values, _ = forward_rows(response_values, critic, batch, device=next(critic.parameters()).device, max_tokens=max_tokens)
     return values
 
@@ -142,11 +142,6 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
 
     Returns the diagnostics dictionary (what diagnostics.json holds).
     """
-    from vapo.models import load_policy_and_tokenizer
-    from vapo.tasks import task_from_config
-    from vapo.train.rundir import read_jsonl
-    from vapo.train.ui import progress_ui
-
     for name in ("prefixes", "continuations", "batch_prompts", "checkpoints", "eval_prompts", "eval_samples"):
         check_positive(name, getattr(budget, name), where=f"vapo diagnose --{name.replace('_', '-')}")
     t_start = time.perf_counter()
@@ -256,7 +251,6 @@ def diagnose(run: Path, *, step: int | None = None, out: Path | None = None, bud
         timings["generalisation"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     result["timings"] = timings
-    from vapo.diagnostics.report import write_outputs
 
     write_outputs(result, out, html=html)
     result["out"] = str(out)
@@ -272,7 +266,6 @@ def _pretraining_probe(run: Path, step: int, found: list[tuple[int, Path]], cfg:
     step0 = [p for s, p in found if s == 0]
     if not init_dir.is_dir() or not step0 or not (step0[0] / "critic").is_dir():
         return None
-    from vapo.models import load_policy_and_tokenizer
 
     before, after = _load_critic(init_dir), _load_critic(step0[0] / "critic")
     if step == 0:

@@ -26,6 +26,7 @@ import torch
 
 from vapo.algos.losses import LOSS_AGG_MODES, token_weights
 from vapo.diagnostics.common import bucket_of
+from vapo.models import response_logprobs
 
 
 def weight_shares(mask: torch.Tensor, lengths: torch.Tensor, edges: list[int], labels: list[str],
@@ -60,8 +61,6 @@ def bucket_grad_norms(policy: Any, batch: Any, advantages: torch.Tensor, edges: 
     Returns: {mode: {label: grad norm (0 for empty buckets)}}. The policy's weights are unchanged
     (gradients are taken with torch.autograd.grad, never stored in .grad).
     """
-    from vapo.models import response_logprobs
-
     params = [p for p in policy.parameters() if p.requires_grad]
     device = next(policy.parameters()).device
     mask = batch.response_mask

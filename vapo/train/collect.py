@@ -21,8 +21,11 @@ from typing import Any
 
 import torch
 
+from vapo.algos.shaping import overlong_penalty
 from vapo.config import OverlongConfig, TaskConfig
 from vapo.errors import VapoError
+from vapo.models import decode_responses, encode_prompts
+from vapo.rollout import sample
 from vapo.tasks.guard import FAULT_KINDS, GuardedVerifier
 from vapo.train.batch import Experience, pad_left, pad_right
 
@@ -77,8 +80,6 @@ def score_batch(task: Any, problems: Sequence[Any], texts: Sequence[str], length
         REWARD_FAULTS[kind] += n
     scores = torch.tensor([float(r.score) for r in rewards], dtype=torch.float32)
     if settings.overlong:
-        from vapo.algos.shaping import overlong_penalty
-
         scores = scores + overlong_penalty(lengths.cpu(), settings.max_new_tokens, settings.overlong_cache_len)
     return scores, torch.tensor([bool(r.correct) for r in rewards], dtype=torch.bool)
 
@@ -86,8 +87,6 @@ def score_batch(task: Any, problems: Sequence[Any], texts: Sequence[str], length
 def _encode_with_prefixes(tokenizer: Any, problems: Sequence[Any],
                           prefixes: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded [b, P'] ids and mask of each problem's prompt, followed by its response prefix."""
-    from vapo.models import encode_prompts
-
     ids, mask = encode_prompts(tokenizer, [p.prompt for p in problems])
     if prefixes is None:
         return ids, mask
@@ -123,9 +122,6 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
         (float32), correct, sizes, group_index and problems filled, and ``old_logprobs``: the
         sampler's log π(y_t | ·) [B, T] under the distribution sampled from (None with prefixes).
     """
-    from vapo.models import decode_responses, encode_prompts
-    from vapo.rollout import sample
-
     flat = [p for p in problems for _ in range(group_size)]
     if not flat:
         raise VapoError("no problems to answer", where="rollout_and_score(problems=...)", fix="pass at least one problem")

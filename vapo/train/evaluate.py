@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
-from vapo.config import TaskConfig
+from vapo.config import TaskConfig, load_config_file
 from vapo.errors import VapoError
-from vapo.tasks import sample_problems
+from vapo.models import load_policy_and_tokenizer
+from vapo.tasks import sample_problems, task_from_config
+from vapo.train.checkpoint import readable_checkpoints, weights_verified
 from vapo.train.collect import RewardSettings, rollout_and_score
 
 SPLITS = ("heldout", "long")
@@ -112,14 +116,6 @@ def evaluate_split(
 
 def eval_command(run: Path, *, prompts: int | None, samples: int | None, temperature: float | None, seed: int) -> None:
     """`vapo eval RUN_OR_CKPT`: print held-out and longer-than-trained accuracy by length bucket and pass@k."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from vapo.config import load_config_file
-    from vapo.models import load_policy_and_tokenizer
-    from vapo.tasks import task_from_config
-    from vapo.train.checkpoint import readable_checkpoints, weights_verified
-
     run = Path(run)
     if not run.exists():
         raise VapoError(f"{run} does not exist", where="vapo eval", fix="pass a run directory (runs/<name>) or a checkpoint directory")

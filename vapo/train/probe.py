@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from vapo.models import response_values
+from vapo.tasks import sample_problems
 from vapo.train.batch import Experience, forward_rows
 from vapo.train.collect import RewardSettings, rollout_and_score
 
@@ -190,8 +192,6 @@ def draw_probe(policy: Any, tokenizer: Any, task: Any, settings: RewardSettings,
     ``policy``, and estimate V̂ at the relative ``positions`` of each answer from ``continuations``
     samples. The prompts depend on ``seed`` only; the draws use their own generator (the run's
     random streams are not consumed)."""
-    from vapo.tasks import sample_problems
-
     gen = torch.Generator().manual_seed(seed)
     problems = sample_problems(task, random.Random(f"vapo-probe-{seed}-{split}"), answers, split)
     batch = rollout_and_score(policy, tokenizer, task, problems, settings, generator=gen)
@@ -208,8 +208,6 @@ def values_at(critic: Any, batch: Experience, rows: np.ndarray, ts: np.ndarray, 
     (vapo.models.response_values over the trainer's micro-batches: values[:, t] is the state
     before token t; ``max_tokens``: the run's optim.micro_batch_tokens). The critic's mode is
     restored afterwards."""
-    from vapo.models import response_values
-
     was_training = critic.training
     critic.eval()
     device = next(critic.parameters()).device
