@@ -173,12 +173,9 @@ def samples_per_run(cfg: Config) -> int:
 
 
 def check_names(cfg: Config) -> None:
-    """Names the config keeps as plain strings must exist in their registries (the trainer would
-    otherwise fail only when the cell starts)."""
-    import vapo.algos as algos
-    algos.get_advantage_estimator(cfg.algo.advantage.estimator)
-    algos.get_policy_loss(cfg.algo.policy_loss.name)
-    algos.get_loss_agg_mode(cfg.algo.policy_loss.agg_mode)
+    """What a cell needs beyond its resolved config (whose registry names vapo.config's gate
+    checked already): its task builds with these options and data (the trainer would otherwise
+    fail only when the cell starts)."""
     task_from_config(cfg.task)
 
 
