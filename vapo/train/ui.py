@@ -124,7 +124,7 @@ class PlainLines:
 
     def __enter__(self) -> PlainLines:
         def beat() -> None:
-            while not self._stop.wait(min(5.0, self.every_s)):
+            while not self._stop.wait(min(1.0, self.every_s)):  # a line at most ~1 s past every_s
                 self.heartbeat()
 
         self._thread = threading.Thread(target=beat, name="vapo-progress-heartbeat", daemon=True)
