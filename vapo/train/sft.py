@@ -120,6 +120,7 @@ def sft_train(policy: Any, tokenizer: Any, task: Any, cfg: Config, *, ui: Any = 
             if step == 0:
                 _say_what_sft_imitates(ui, task, problems, s.steps, time.perf_counter() - t0)
             ui.update(task_id, advance=1, info=f"loss {loss.item():.3f}")
+    opt.zero_grad(set_to_none=True)  # no stale gradients: the policy leaves as a loaded one would
     policy.eval()
     return losses
 
@@ -161,6 +162,7 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
     """
     from vapo.models import build_char_tokenizer, build_policy, load_policy_and_tokenizer
     from vapo.models.hf import apply_model_options, load_model, model_options
+    from vapo.models.storage import own_memory
     from vapo.models.tokenizer import prompt_format, set_prompt_format
 
     key = warm_start_key(cfg)
@@ -169,7 +171,7 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
         if ui is not None:
             ui.log(f"warm start: loaded from cache {cached}")
         policy, tokenizer = load_policy_and_tokenizer(cached)
-        return policy.to(device), tokenizer
+        return own_memory(policy.to(device)), tokenizer
     torch.manual_seed(cfg.seed)
     if cfg.model.path:
         p = Path(cfg.model.path)
@@ -202,4 +204,4 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
             with AtomicDir(cached) as tmp:
                 policy.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
-    return policy, tokenizer
+    return own_memory(policy), tokenizer

@@ -788,6 +788,12 @@ class Trainer:
             self.critic = Critic.from_pretrained(path / "critic").to(self.device)
         if self.uses_ref:
             self.ref_policy = load_policy(path / "ref_policy").to(self.device).requires_grad_(False)
+        # laid out in memory as in the run that saved them (exact resume; vapo.models.storage)
+        from vapo.models.storage import own_memory
+
+        for m in (self.policy, self.critic, self.ref_policy):
+            if m is not None:
+                own_memory(m)
         self._shard()
         self._make_optimizers()
         self.iteration = s["iteration"]
