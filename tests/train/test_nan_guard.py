@@ -22,7 +22,7 @@ from vapo.train.rundir import read_jsonl
 CALLS = {"n": 0}
 
 
-@register_advantage_estimator("test_nan_grpo")
+@register_advantage_estimator("test_nan_grpo", extra={"nan_from": (int,), "nan_calls": (list,)})
 def _nan_grpo(inp, params):
     """GRPO's advantages; on the calls listed in ``extra.nan_calls`` (1-based), or on every call
     from ``extra.nan_from`` on, the first token of the first response gets a NaN."""
