@@ -219,6 +219,18 @@ def get_policy_loss(name: str) -> PolicyLossFn:
     return POLICY_LOSSES.get(name)
 
 
+def _masked_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask, adv, log_ratio, ratio) [B, T] of a PPO-style policy loss: the mask as bool, the
+    detached advantages and log ρ = log π − log π_old with padding set to 0, and ρ = exp(log ρ).
+    Padding may hold anything (even inf): it is selected away before exp, so the gradient reaching
+    masked positions is exactly 0, not 0 * inf."""
+    mask = response_mask.bool()
+    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
+    return mask, adv, log_ratio, torch.exp(log_ratio)
+
+
 @register_policy_loss("ppo_clip")
 def policy_loss_clip(
     logprobs: torch.Tensor,
@@ -264,12 +276,7 @@ def policy_loss_clip(
     if dual_clip_c is not None and not dual_clip_c > 1:
         raise VapoError(f"dual_clip_c must be > 1, got {dual_clip_c}", where=where,
                         fix="use dual_clip_c=3.0 or None to disable")
-    mask = response_mask.bool()
-    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
-    # Padding may hold anything (even inf): select it away before exp so that the gradient
-    # reaching masked positions is exactly 0, not 0 * inf.
-    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
+    mask, adv, log_ratio, ratio = _masked_ratio(logprobs, old_logprobs, advantages, response_mask)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     loss_mat = torch.maximum(unclipped, clipped)
@@ -387,10 +394,7 @@ def policy_loss_clip_cov(
     if not clip_cov_lb < clip_cov_ub:
         raise VapoError(f"need clip_cov_lb < clip_cov_ub, got {clip_cov_lb} and {clip_cov_ub}",
                         where=where, fix="use e.g. clip_cov_lb=1.0, clip_cov_ub=5.0 (verl's defaults)")
-    mask = response_mask.bool()
-    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
-    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
+    mask, adv, log_ratio, ratio = _masked_ratio(logprobs, old_logprobs, advantages, response_mask)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     with torch.no_grad():
@@ -462,10 +466,7 @@ def policy_loss_kl_cov(
     if not kl_cov_coef >= 0:
         raise VapoError(f"kl_cov_coef must be >= 0, got {kl_cov_coef}", where=where,
                         fix="use kl_cov_coef=1.0 (verl's ppo_kl_coef)")
-    mask = response_mask.bool()
-    adv = torch.where(mask, advantages.detach(), torch.zeros_like(logprobs))
-    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
+    mask, adv, log_ratio, ratio = _masked_ratio(logprobs, old_logprobs, advantages, response_mask)
     pg = -adv * ratio
     with torch.no_grad():
         cov = token_covariance(logprobs, adv, mask)
