@@ -625,9 +625,11 @@ def check_extra(name: str, extra: Mapping[str, Any], where: str = "algo.advantag
 
 
 def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
-    """[B] float32 lengths of the rows of ``response_mask`` [B, T]; an empty row counts as 1 (it
-    has no token for λ to act on)."""
-    return response_mask.to(torch.float32).sum(-1).clamp_min(1.0)
+    """[B] lengths of the rows of ``response_mask`` [B, T]; an empty row counts as 1 (it has no
+    token for λ to act on). float64 for a float64 mask (so the float64 path's adaptive λ is
+    exact), float32 otherwise."""
+    dtype = torch.float64 if response_mask.dtype == torch.float64 else torch.float32
+    return response_mask.to(dtype).sum(-1).clamp_min(1.0)
 
 
 def resolve_actor_lambda(params: AdvantageParams, lengths: torch.Tensor) -> float | torch.Tensor:
