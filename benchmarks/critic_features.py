@@ -69,7 +69,7 @@ def main(run: Path) -> dict:
         X = np.asarray(X)
         w, *_ = np.linalg.lstsq(X[k_fit], probe.mc.mean[k_fit], rcond=None)
         out[name] = critic_quality(X[k_test] @ w, p_test, n_boot=1000)
-    out["critic"] = critic_quality(critic_at(critic, probe)[k_test], p_test, n_boot=1000)
+    out["critic"] = critic_quality(critic_at(critic, probe, max_tokens=cfg.optim.micro_batch_tokens)[k_test], p_test, n_boot=1000)
     return {name: {k: q[k] for k in ("ev", "achievable_ev", "ev_vs_mc", "rmse_vs_mc")} for name, q in out.items()}
 
 

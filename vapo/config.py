@@ -87,6 +87,7 @@ class CriticConfig(_Section):
     pretrain_tol: float = Field(0.01, ge=0.0, description="relative RMSE improvement that counts as a new best in the stop rule")
     head_init: Literal["zero", "random"] = Field("zero", description="value-head initialisation: zero (V ≡ 0 before value pretraining) or PyTorch's default random Linear init")
     surprise_input: bool = Field(True, description="the critic also reads, for each token, a learned embedding of the bucket of the warm-start policy's probability of it (a frozen copy; one extra no-grad forward per critic forward): on a sloppy-teacher task a slip is a low-probability token, see docs/training.md")
+    surprise_history: bool = Field(False, description="with surprise_input: each response position also reads learned embeddings of how many response tokens so far the warm-start policy gave probability < 0.5 (0-4+) and of the bucket of the smallest such probability so far, so a slip hundreds of tokens back need not be found by attention alone (docs/pathways.md, 'surprise history')")
     pretrain_epochs: int = Field(8, ge=1, description="critic passes over each value-pretraining batch")
     pretrain_minibatch_size: int = Field(64, ge=1, description="answers per critic step in value pretraining (a batch of prompts_per_iter × group_size answers gives that ÷ this steps per pass)")
     probe_answers: int = Field(128, ge=1, description="held-out answers of the critic's Monte-Carlo probe (one per prompt, sampled from the policy)")
@@ -538,12 +539,15 @@ def _check_value_pathways(cfg: Config, source: str) -> None:
     this config cannot honour."""
     a, cc, mc = cfg.algo.advantage, cfg.algo.critic, cfg.algo.mc_values
     vine = a.estimator == "vine"
-    critic_opts = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("blend", "steps_per_actor_step", "warmup_ev")
+    critic_opts = [f"algo.critic.{k}={getattr(cc, k)}" for k in ("blend", "steps_per_actor_step", "warmup_ev", "surprise_history")
                    if getattr(cc, k) != CriticConfig.model_fields[k].default]
     critic_opts += [f"algo.mc_values.{k}=true" for k in ("pretrain_targets", "rl_targets") if getattr(mc, k)]
     if critic_opts and not cc.enabled:
         raise ConfigError(f"{', '.join(critic_opts)} needs a critic, and this config has none (preset {cfg.preset})",
                           where=source, fix="drop those options, or set algo.critic.enabled=true")
+    if cc.surprise_history and not cc.surprise_input:
+        raise ConfigError("algo.critic.surprise_history=true reads the surprise input's probabilities, and algo.critic.surprise_input is false",
+                          where=source, fix="set algo.critic.surprise_input=true, or drop surprise_history")
     if vine and cc.enabled:
         raise ConfigError("the vine estimator takes Monte-Carlo values in place of a critic; this config also trains one",
                           where=source, fix="set algo.critic.enabled=false (and pretrain_steps=0, probe_every=0)")

@@ -124,3 +124,67 @@ def test_a_surprise_critic_saved_in_the_old_format_is_refused(tmp_path):
     meta = json.loads((tmp_path / "p" / "critic.json").read_text())
     (tmp_path / "p" / "critic.json").write_text(json.dumps({**meta, "format": "vapo-critic-v1"}))
     assert Critic.from_pretrained(tmp_path / "p").surprise_policy is None  # a plain v1 critic still loads
+
+
+# ------------------------------------------------------------------ surprise history
+def _naive_history(policy, ids, mask, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slip count (π₀ < HISTORY_SLIP, capped) and bucket of the smallest π₀ over the response tokens
+    up to and including each column, one sequence and one position at a time (float64)."""
+    from vapo.models.critic import HISTORY_COUNTS, HISTORY_SLIP
+
+    count = torch.full(ids.shape, HISTORY_COUNTS, dtype=torch.long)
+    low = torch.full(ids.shape, PROMPT_BUCKET, dtype=torch.long)
+    for i in range(ids.shape[0]):
+        seen: list[float] = []
+        for j in range(prompt_len, ids.shape[1]):
+            if mask[i, j] and mask[i, j - 1] and j > 0:
+                with torch.no_grad():
+                    real = mask[i, :j].bool()
+                    logits = policy(input_ids=ids[i, :j][real][None]).logits[0, -1].double()
+                seen.append(float(torch.softmax(logits, -1)[ids[i, j]]))
+            else:
+                seen.append(1.0)  # no prediction
+            count[i, j] = min(sum(p < HISTORY_SLIP for p in seen), HISTORY_COUNTS - 1)
+            low[i, j] = sum(min(seen) >= e for e in SURPRISE_EDGES)
+    return count, low
+
+
+def test_surprise_history_starts_as_the_surprise_critic_and_reads_the_naive_history():
+    policy = _policy()
+    sur, hist = Critic.from_policy(policy, surprise=True), Critic.from_policy(policy, surprise=True, history=True)
+    ids, mask = encode_prompts(TOK, TEXTS)
+    P = ids.shape[1] - 6
+    with torch.no_grad():
+        torch.nn.init.normal_(sur.value_head.weight)
+        torch.nn.init.normal_(sur.surprise_embed.weight)
+        hist.value_head.load_state_dict(sur.value_head.state_dict())
+        hist.surprise_embed.load_state_dict(sur.surprise_embed.state_dict())
+        assert torch.allclose(sur(ids, mask, prompt_len=P), hist(ids, mask, prompt_len=P), atol=1e-6)  # zero history
+        torch.nn.init.normal_(hist.history_count_embed.weight)
+        torch.nn.init.normal_(hist.history_min_embed.weight)
+        count, low = _naive_history(policy, ids, mask, P)
+        buckets = _naive_buckets(policy, ids, mask, P)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        emb = (hist.backbone.get_input_embeddings()(ids) + hist.surprise_embed(buckets)
+               + hist.history_count_embed(count) + hist.history_min_embed(low))
+        h = hist.backbone(inputs_embeds=emb, attention_mask=mask, position_ids=pos).last_hidden_state
+        want = torch.where(mask.bool(), hist.value_head(h).squeeze(-1), 0.0)
+        assert torch.allclose(hist(ids, mask, prompt_len=P), want, atol=1e-5)
+        resp = mask[:, P:].bool()
+        assert len(set(count[:, P:][resp].tolist())) > 1 and len(set(low[:, P:][resp].tolist())) > 1  # not vacuous
+
+
+def test_surprise_history_round_trips_and_needs_the_surprise_input(tmp_path):
+    policy = _policy()
+    hist = Critic.from_policy(policy, surprise=True, history=True)
+    ids, mask = encode_prompts(TOK, TEXTS)
+    with torch.no_grad():
+        for w in (hist.value_head.weight, hist.history_count_embed.weight, hist.history_min_embed.weight):
+            torch.nn.init.normal_(w)
+    hist.save_pretrained(tmp_path / "c")
+    back = Critic.from_pretrained(tmp_path / "c")
+    assert back.has_history
+    with torch.no_grad():
+        assert torch.allclose(hist.eval()(ids, mask, prompt_len=3), back(ids, mask, prompt_len=3), atol=1e-6)
+    with pytest.raises(VapoError, match="surprise input"):
+        Critic.from_policy(policy, history=True)

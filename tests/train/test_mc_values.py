@@ -74,6 +74,7 @@ EXPECTED = {
     "vapo_mc_anchored": {"algo.advantage.estimator": "gae_mc_anchored", "algo.advantage.extra.anchor_strength": 1.0,
                          "algo.advantage.extra.anchor_profile": "linear"},
     "vapo_error_aware": {"algo.advantage.estimator": "gae_error_aware"},
+    "vapo_surprise_history": {"algo.critic.surprise_history": True},
     "vapo_critic_schedule": {"algo.critic.steps_per_actor_step": 2, "algo.critic.warmup_ev": 0.5,
                              "algo.critic.warmup_max_iters": 5, "algo.critic.ev_every": 1},
 }
@@ -130,6 +131,10 @@ def test_pathway_options_are_refused_where_they_cannot_act():
         resolve_config("vapo_ev_blend", overrides=["algo.advantage.whiten=true"])
     with pytest.raises(ConfigError):
         resolve_config("vapo", overrides=["algo.mc_values.placement=steps"])
+    with pytest.raises(ConfigError, match="needs a critic"):
+        resolve_config("grpo", overrides=["algo.critic.surprise_history=true"])
+    with pytest.raises(ConfigError, match="surprise_input is false"):
+        resolve_config("vapo_surprise_history", overrides=["algo.critic.surprise_input=false"])
 
 
 def _fake_mc(monkeypatch):

@@ -26,6 +26,16 @@ prompt token means nothing (on the default warm start 80% of prompt tokens fall 
 1% of response tokens): bucketed like response tokens, every state would look as if it followed a
 slip, and the critic would first have to learn to ignore its prompt. The response's first token
 y_0 is bucketed by π₀(y_0 | prompt), which is meaningful.
+
+Surprise history (``history=True``, with the surprise input): the token's own bucket says whether
+*this* token was a slip, but the value of a state depends on whether *any* earlier token was one,
+and on a long answer the backbone must carry that over hundreds of positions by attention alone,
+from 0/1 returns. The history input hands it over: each response position also gets a learned
+embedding of (a) how many response tokens so far, this one included, π₀ gave probability below
+:data:`HISTORY_SLIP` (0, 1, 2, 3, 4 or more: :data:`HISTORY_COUNTS` rows) and (b) the bucket of
+the smallest π₀ probability so far (the :data:`SURPRISE_EDGES` buckets). They are the two features
+of the least-squares read-out in ``benchmarks/critic_features.py``. Prompt columns get a row of
+their own in both. Both embeddings start at zero, so the critic starts as the plain one.
 """
 
 from __future__ import annotations
@@ -51,6 +61,23 @@ META_FILE = "critic.json"
 SURPRISE_DIR = "surprise_policy"
 SURPRISE_EDGES = (0.1, 0.3, 0.5, 0.8)  # buckets of π₀(y_j | y_<j): [0, .1), [.1, .3), [.3, .5), [.5, .8), [.8, 1]
 PROMPT_BUCKET = len(SURPRISE_EDGES) + 1  # the bucket of every prompt column: "no prediction"
+HISTORY_SLIP = 0.5  # a response token π₀ gave less than this counts as a slip in the history input
+HISTORY_COUNTS = 5  # slip counts 0, 1, 2, 3 and "4 or more"; prompt columns get row HISTORY_COUNTS
+
+
+def surprise_history(p: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The history input's two indices for every column of ``p`` [B, L] (π₀'s probability of each
+    token; 1 where there is no prediction), whose first ``prompt_len`` columns are the prompt:
+    the number of response tokens up to and including each column with p < :data:`HISTORY_SLIP`,
+    capped at ``HISTORY_COUNTS - 1``, and the :data:`SURPRISE_EDGES` bucket of the smallest p over
+    the same tokens. Prompt columns get ``HISTORY_COUNTS`` and ``PROMPT_BUCKET``."""
+    resp = p[:, prompt_len:]
+    count = (resp < HISTORY_SLIP).long().cumsum(-1).clamp(max=HISTORY_COUNTS - 1)
+    low = torch.bucketize(resp.cummin(-1).values, torch.tensor(SURPRISE_EDGES, device=p.device), right=True)
+    b = p.shape[0]
+    count = torch.cat([count.new_full((b, prompt_len), HISTORY_COUNTS), count], 1)
+    low = torch.cat([low.new_full((b, prompt_len), PROMPT_BUCKET), low], 1)
+    return count, low
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -66,8 +93,12 @@ class Critic(nn.Module):
         config: the backbone's config.
     """
 
-    def __init__(self, backbone: nn.Module, *, zero_init: bool = True, surprise_policy: nn.Module | None = None):
+    def __init__(self, backbone: nn.Module, *, zero_init: bool = True, surprise_policy: nn.Module | None = None,
+                 history: bool = False):
         super().__init__()
+        if history and surprise_policy is None:
+            raise VapoError("the critic's surprise history needs the surprise input (a frozen π₀)", where="Critic",
+                            fix="set algo.critic.surprise_input: true, or algo.critic.surprise_history: false")
         self.backbone = backbone
         self.config = backbone.config
         self.value_head = nn.Linear(backbone.config.hidden_size, 1)
@@ -82,6 +113,13 @@ class Critic(nn.Module):
             surprise_policy.eval().requires_grad_(False)
             self.surprise_embed = nn.Embedding(PROMPT_BUCKET + 1, backbone.config.hidden_size).to(dtype)
             nn.init.zeros_(self.surprise_embed.weight)
+        self.history_count_embed: nn.Embedding | None = None
+        self.history_min_embed: nn.Embedding | None = None
+        if history:
+            self.history_count_embed = nn.Embedding(HISTORY_COUNTS + 1, backbone.config.hidden_size).to(dtype)
+            self.history_min_embed = nn.Embedding(PROMPT_BUCKET + 1, backbone.config.hidden_size).to(dtype)
+            nn.init.zeros_(self.history_count_embed.weight)
+            nn.init.zeros_(self.history_min_embed.weight)
 
     def train(self, mode: bool = True) -> Critic:
         super().train(mode)
@@ -90,11 +128,11 @@ class Critic(nn.Module):
         return self
 
     @classmethod
-    def from_policy(cls, policy: Any, *, zero_init: bool = True, surprise: bool = False) -> Critic:
+    def from_policy(cls, policy: Any, *, zero_init: bool = True, surprise: bool = False, history: bool = False) -> Critic:
         """A critic whose backbone is a deep copy of ``policy.base_model`` (weights copied, the policy
         is left untouched) and whose value head is zero (V ≡ 0; ``zero_init=False``: PyTorch's
         default random init of ``nn.Linear``). ``surprise``: with a frozen copy of ``policy`` as π₀
-        (module docstring)."""
+        (module docstring); ``history``: with the surprise history too."""
         base = getattr(policy, "base_model", None)
         if base is None or base is policy or not hasattr(base, "config"):
             raise VapoError(f"cannot find the backbone of {type(policy).__name__}", where="Critic.from_policy",
@@ -104,7 +142,7 @@ class Critic(nn.Module):
             merge_lora(backbone)
         backbone.requires_grad_(True)
         frozen = copy.deepcopy(policy) if surprise else None
-        critic = cls(backbone, zero_init=zero_init, surprise_policy=frozen)
+        critic = cls(backbone, zero_init=zero_init, surprise_policy=frozen, history=history)
         return critic.to(next(policy.parameters()).device).train(policy.training)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -129,8 +167,15 @@ class Critic(nn.Module):
             bucket = torch.bucketize(p, torch.tensor(SURPRISE_EDGES, device=p.device), right=True)
             bucket[:, :prompt_len] = PROMPT_BUCKET  # prompt tokens (and left padding): π₀ was never trained on them
         emb = self.backbone.get_input_embeddings()(input_ids) + self.surprise_embed(bucket)
+        if self.history_count_embed is not None:
+            count, low = surprise_history(p, prompt_len)
+            emb = emb + self.history_count_embed(count) + self.history_min_embed(low)
         out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
+
+    @property
+    def has_history(self) -> bool:
+        return self.history_count_embed is not None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None, *, prompt_len: int | None = None) -> torch.Tensor:
@@ -160,12 +205,16 @@ class Critic(nn.Module):
         if self.surprise_embed is not None:
             head["surprise_embed.weight"] = self.surprise_embed.weight.detach().contiguous().cpu()
             self.surprise_policy.save_pretrained(d / SURPRISE_DIR)
+        if self.has_history:
+            head["history_count_embed.weight"] = self.history_count_embed.weight.detach().contiguous().cpu()
+            head["history_min_embed.weight"] = self.history_min_embed.weight.detach().contiguous().cpu()
         save_file(head, str(d / HEAD_FILE))
         dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
                                                "backbone_class": type(self.backbone).__name__, "dtype": dtype,
                                                "gradient_checkpointing": _checkpointing(self.backbone),
-                                               "surprise": self.surprise_embed is not None}, indent=2) + "\n")
+                                               "surprise": self.surprise_embed is not None,
+                                               "surprise_history": self.has_history}, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Critic:
@@ -194,9 +243,12 @@ class Critic(nn.Module):
         surprise_policy = None
         if meta.get("surprise"):
             surprise_policy = load_policy(d / SURPRISE_DIR)
-        critic = cls(backbone, zero_init=True, surprise_policy=surprise_policy)
+        critic = cls(backbone, zero_init=True, surprise_policy=surprise_policy, history=bool(meta.get("surprise_history")))
         head = load_file(str(d / HEAD_FILE))
         if critic.surprise_embed is not None:
             critic.surprise_embed.weight.data.copy_(head.pop("surprise_embed.weight"))
+        if critic.has_history:
+            critic.history_count_embed.weight.data.copy_(head.pop("history_count_embed.weight"))
+            critic.history_min_embed.weight.data.copy_(head.pop("history_min_embed.weight"))
         critic.value_head.load_state_dict(head)
         return critic.eval()

@@ -71,7 +71,7 @@ def build_critic(cfg: Any, policy: Any) -> Any:
     mc, cc = cfg.model, cfg.algo.critic
     zero_init = cc.head_init == "zero"
     if mc.critic_path is None:
-        critic = Critic.from_policy(policy, zero_init=zero_init, surprise=cc.surprise_input)
+        critic = Critic.from_policy(policy, zero_init=zero_init, surprise=cc.surprise_input, history=cc.surprise_history)
     else:
         p = Path(mc.critic_path)
         _check_model_dir(p, "model.critic_path")
@@ -86,7 +86,8 @@ def build_critic(cfg: Any, policy: Any) -> Any:
             raise VapoError(f"the critic's embedding has {n_emb} rows but the policy's tokenizer needs {n_tok}",
                             where="model.critic_path", fix="use a critic model with the policy's tokenizer")
         frozen = copy.deepcopy(policy) if cc.surprise_input else None
-        critic = Critic(backbone, zero_init=zero_init, surprise_policy=frozen).to(next(policy.parameters()).device)
+        critic = Critic(backbone, zero_init=zero_init, surprise_policy=frozen,
+                        history=cc.surprise_history).to(next(policy.parameters()).device)
     if mc.gradient_checkpointing:
         enable_checkpointing(critic.backbone)
     return critic

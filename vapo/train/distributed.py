@@ -286,7 +286,8 @@ def unsharded_copy(model: Any, state: dict[str, torch.Tensor], *, check: bool = 
     if isinstance(model, Critic):  # with its frozen π₀ when it has the surprise input
         frozen = model.surprise_policy
         copy = Critic(AutoModel.from_config(model.config),
-                      surprise_policy=None if frozen is None else unsharded_copy(frozen, {}, check=False))
+                      surprise_policy=None if frozen is None else unsharded_copy(frozen, {}, check=False),
+                      history=model.has_history)
     else:
         copy = AutoModelForCausalLM.from_config(model.config)
         copy.generation_config = model.generation_config
