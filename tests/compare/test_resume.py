@@ -103,3 +103,21 @@ def test_a_cell_of_another_config_is_refused_before_anything_runs(tmp_path):
     same["train"]["threads"], same["train"]["runs_dir"] = 7, "elsewhere"
     (out / "vapo-s0" / "config.yaml").write_text(yaml.safe_dump(same))
     assert [p.action for p in plan_cells(grid, out)] == ["start", "reuse"]
+
+
+def test_a_cell_saved_before_a_field_existed_is_reused_only_at_that_fields_default(tmp_path):
+    """A run from before a field was added ran its default: the same config when the grid asks for
+    the default, another one when it asks for something else."""
+    grid = load_grid(write_grid(tmp_path / "c.yaml", "- vapo\n", seeds="[0]"))
+    out = tmp_path / "out"
+    old = grid.cells[0].config.to_dict()
+    del old["algo"]["critic"]["surprise_history"]
+    (out / "vapo-s0").mkdir(parents=True)
+    (out / "vapo-s0" / "config.yaml").write_text(yaml.safe_dump(old))
+    (out / "vapo-s0" / "summary.json").write_text("{}")
+    assert [p.action for p in plan_cells(grid, out)] == ["reuse"]
+    hist = load_grid(write_grid(tmp_path / "h.yaml", "- vapo_surprise_history\n", seeds="[0]"))
+    (out / "vapo_surprise_history-s0").mkdir(parents=True)
+    (out / "vapo_surprise_history-s0" / "config.yaml").write_text(yaml.safe_dump({**old, "preset": "vapo_surprise_history"}))
+    with pytest.raises(VapoError, match="surprise_history: None → True"):
+        plan_cells(hist, out)

@@ -290,6 +290,21 @@ def cell_overrides(cell: Cell) -> list[str]:
     return [*cell.variant.overrides, f"seed={cell.seed}"]
 
 
+def _with_new_defaults(saved: dict[str, Any], want: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with every field it lacks filled in from ``want`` where ``want`` holds that field's
+    default: a run made before the field existed ran its default (fields are only ever added with
+    the old behaviour as their default), so it ran the same config."""
+    out = dict(saved)
+    for k, v in want.items():
+        d = defaults.get(k) if isinstance(defaults, dict) else None
+        if k not in out:
+            if isinstance(defaults, dict) and k in defaults and v == d:
+                out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict) and isinstance(d, dict):
+            out[k] = _with_new_defaults(out[k], v, d)
+    return out
+
+
 def check_same_config(cell: Cell, saved: dict[str, Any], run_dir: Path) -> None:
     """A finished or resumable cell must have run the config the grid asks for now."""
     want = cell.config.to_dict()
@@ -297,7 +312,7 @@ def check_same_config(cell: Cell, saved: dict[str, Any], run_dir: Path) -> None:
     # writes into its config.yaml: a resolved value is the same config.
     if want.get("dist", {}).get("rollout_streams") is None and "rollout_streams" in saved.get("dist", {}):
         want["dist"]["rollout_streams"] = saved["dist"]["rollout_streams"]
-    diffs = config_differences(saved, want)
+    diffs = config_differences(_with_new_defaults(saved, want, type(cell.config)().to_dict()), want)
     if diffs:
         raise VapoError(f"cell {cell.name} in {run_dir} ran a different config than the grid now asks for: "
                         + "; ".join(diffs[:5]) + (" …" if len(diffs) > 5 else ""),
