@@ -263,3 +263,25 @@ def test_compact_metrics_and_rederived_report(tmp_path):
     # without the metrics the per-problem bootstrap is unavailable, and says so
     bare = reaggregate(old)
     assert bare["pairs"][0]["heldout"]["bootstrap"]["available"] is False
+
+
+def test_critic_columns_per_seed_from_the_fresh_probe(tmp_path):
+    """ev ÷ achievable and ev_vs_mc come from summary.json's critic_quality, per seed; a seed
+    without them (or with achievable_ev ≤ 0) is n/a for that seed, not dropped silently."""
+    grid = load_grid(write_grid(tmp_path / "a.yaml", "- vapo\n- grpo\n"))
+    out = tmp_path / "out"
+    cq = {0: {"ev": {"value": 0.12}, "achievable_ev": {"value": 0.30}, "ev_vs_mc": {"value": 0.55, "lo": 0.4, "hi": 0.7}},
+          1: {"ev": {"value": 0.05}, "achievable_ev": {"value": 0.0}, "ev_vs_mc": {"value": 0.1}}}
+    for c in grid.cells:
+        _fake_run(out / c.name, c.config.to_yaml(), 0.7)
+        if c.variant.name == "vapo":
+            s = json.loads((out / c.name / "summary.json").read_text())
+            s["critic_quality"] = cq[c.seed]
+            (out / c.name / "summary.json").write_text(json.dumps(s))
+    res = aggregate(grid, plan_cells(grid, out))
+    v = res["variants"]
+    assert v["vapo"]["ev_share_pretrain"]["per_seed"] == {"0": pytest.approx(0.4), "1": None}
+    assert v["vapo"]["ev_mc_pretrain"]["per_seed"]["0"]["value"] == 0.55
+    md = render_markdown(res, [], out)
+    assert "critic ev ÷ achievable per seed" in md and "40% / —" in md
+    assert all(x is None for x in v["grpo"]["ev_share_pretrain"]["per_seed"].values())

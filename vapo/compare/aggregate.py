@@ -196,6 +196,20 @@ def _ev_pretrain(cq: Any) -> dict[str, Any] | None:
     return None
 
 
+def _ev_share(cq: Any) -> float | None:
+    """summary.json's critic_quality ev ÷ achievable_ev (end of value pretraining, fresh probe):
+    the share of the explainable return variance the critic explains; None when either is missing
+    or the achievable EV is not positive."""
+    if not isinstance(cq, dict):
+        return None
+    ev, ach = cq.get("ev"), cq.get("achievable_ev")
+    ev = ev.get("value") if isinstance(ev, dict) else ev
+    ach = ach.get("value") if isinstance(ach, dict) else ach
+    if _finite(ev) and _finite(ach) and ach > 0:
+        return ev / ach
+    return None
+
+
 def _curve_band(recs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Mean over seeds and the percentile-bootstrap interval at every iteration all seeds logged."""
     if not recs:
@@ -349,6 +363,7 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]], variant_meta: di
             "reached": f"{k} of {len(fs)}",
             "ev_train": {"per_seed": _per_seed(fs, lambda r: r["ev_train"])},
             "ev_mc_pretrain": {"per_seed": _per_seed(fs, lambda r: _ev_pretrain(r["critic_quality"]))},
+            "ev_share_pretrain": {"per_seed": _per_seed(fs, lambda r: _ev_share(r["critic_quality"]))},
             "ev_mc_after_rl": dg.get("ev_after_rl"),
             "crashes": sum(r["crashes"] for r in rs), "collapses": sum(r["collapse"] for r in fs),
             "nan_cells": sum(r["nan"] for r in rs),

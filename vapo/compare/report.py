@@ -67,6 +67,7 @@ def variant_rows(res: dict[str, Any]) -> list[dict[str, str]]:
         st, sa = v["steps_to_threshold"], v["samples_to_threshold"]
         ev_train = v["ev_train"]["per_seed"]
         ev_pre = v["ev_mc_pretrain"]["per_seed"]
+        share = (v.get("ev_share_pretrain") or {}).get("per_seed") or {}
         rows.append({
             "variant": name, "seeds": f"{v['finished']}/{v['cells']}",
             "heldout": _pct(v["heldout"]), "long": _pct(v["long"]),
@@ -77,6 +78,7 @@ def variant_rows(res: dict[str, Any]) -> list[dict[str, str]]:
             else f"{rel:.2f}× ({v.get('rel_dapo_note', '')})",
             "ev_train": "n/a" if all(x is None for x in ev_train.values()) else _seeds(ev_train, lambda x: f"{x:.2f}"),
             "ev_pre": "n/a" if all(x is None for x in ev_pre.values()) else _seeds(ev_pre, lambda d: f"{d['value']:+.2f}"),
+            "ev_share": "n/a" if all(x is None for x in share.values()) else _seeds(share, lambda x: f"{100 * x:.0f}%"),
             "ev_after": _ev_after(v.get("ev_mc_after_rl")),
             "fail": f"{v['crashes']} / {v['collapses']} / {v['nan_cells']}",
             "wall": _num(v["wall_s"]["mean"], "{:.0f}") + (f" ({v['cpu_s']['mean']:.0f})" if v["cpu_s"]["mean"] else ""),
@@ -89,6 +91,7 @@ COLUMNS = (("variant", "variant"), ("seeds", "seeds done"), ("heldout", "held-ou
            ("long", "long % [95% CI]"), ("per_seed", "held-out % per seed"),
            ("steps", "steps to thr. per seed"), ("samples", "answers to thr. per seed"), ("rel_dapo", "÷ dapo"),
            ("ev_train", "critic EV (train) per seed"), ("ev_pre", "critic EV vs MC per seed (end of value pretraining)"),
+           ("ev_share", "critic ev ÷ achievable per seed (end of value pretraining)"),
            ("ev_after", "critic EV vs MC after RL (one seed; probe bootstrap)"),
            ("fail", "crash / collapse / NaN"), ("wall", "wall s (CPU s), mean per cell"), ("paper", "paper AIME24"))
 
@@ -294,7 +297,9 @@ VARIANT_NOTE = ("Accuracy intervals stay in [0, 100]%: {methods}. Steps and answ
                 "(— = never reached); no mean is taken over the seeds that happened to reach it, and ÷ dapo is "
                 "given only when every seed of both variants reached it. Critic columns are per seed: EV (train) is "
                 "the critic's explained variance of its GAE targets over the last 10% of iterations; EV vs MC at "
-                "the end of value pretraining is summary.json's `critic_quality.ev_vs_mc`; after RL, `vapo diagnose` "
+                "the end of value pretraining is summary.json's `critic_quality.ev_vs_mc`, and ev ÷ achievable its "
+                "`ev` over `achievable_ev` (the share of the return variance a perfect critic could explain that "
+                "this one does; both on a fresh probe); after RL, `vapo diagnose` "
                 "of one seed's final checkpoint, whose interval is a bootstrap over probe answers of that one run, "
                 "not a seed interval. Failures: crashed attempts / collapsed cells / cells with NaN metrics.")
 
