@@ -247,6 +247,11 @@ def test_compact_metrics_and_rederived_report(tmp_path):
     ev = [json.loads(line) for line in gzip.open(out / "metrics" / "vapo-s0.eval.jsonl.gz", "rt")]
     last = [r for r in ev if r["iteration"] == 2 and r["split"] == "heldout"][0]
     assert last["problem_ids"] == ["00", "01", "02", "03"] and last["problem_correct"] == [4, 3, 4, 2]
+    assert not (out / "metrics" / "vapo-s0.events.jsonl.gz").exists()  # the fake run has no events.jsonl
+    (out / "vapo-s0" / "events.jsonl").write_text('{"phase": "value_pretrain_end", "critic_quality": {"ev": 0.1}}\n')
+    assert "events.jsonl" in write_compact_metrics(out / "vapo-s0", out / "metrics", "vapo-s0")
+    assert [json.loads(line) for line in gzip.open(out / "metrics" / "vapo-s0.events.jsonl.gz", "rt")] == [
+        {"phase": "value_pretrain_end", "critic_quality": {"ev": 0.1}}]
     first = (out / "metrics" / "vapo-s0.jsonl.gz").read_bytes()
     write_compact_metrics(out / "vapo-s0", out / "metrics", "vapo-s0")
     assert (out / "metrics" / "vapo-s0.jsonl.gz").read_bytes() == first  # same rows, same bytes

@@ -40,7 +40,7 @@ from vapo.errors import VapoError
 from vapo.train.checkpoint import list_checkpoints
 
 STATUS_FILE = "status.json"
-METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz and <cell>.eval.jsonl.gz: the curves, small enough to commit
+METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz, .eval.jsonl.gz, .events.jsonl.gz: the curves, small enough to commit
 
 
 def _pdeathsig() -> Callable[[], None] | None:
@@ -332,7 +332,9 @@ def write_compact_metrics(run_dir: Path, dest: Path, cell: str) -> dict[str, Pat
     evaluations (eval.jsonl: accuracy, by size, pass@k, per-problem correct answers) as
     ``dest/<cell>.jsonl.gz`` and ``dest/<cell>.eval.jsonl.gz``: what the curves and the
     per-problem bootstrap need, a few kB per cell, so that a grid's report can be re-derived
-    from the repository. The split name of an evaluation is kept."""
+    from the repository. The split name of an evaluation is kept. The cell's events.jsonl (warm
+    start, value-pretraining rounds with the critic's figures against Monte-Carlo values, the
+    fresh-probe critic quality) goes as it is to ``dest/<cell>.events.jsonl.gz``."""
     from vapo.train.rundir import read_jsonl
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -349,6 +351,10 @@ def write_compact_metrics(run_dir: Path, dest: Path, cell: str) -> dict[str, Pat
             compact.append(c)
         paths[src] = dest / name
         _write_gz(paths[src], compact)
+    events = read_jsonl(run_dir / "events.jsonl")
+    if events:
+        paths["events.jsonl"] = dest / f"{cell}.events.jsonl.gz"
+        _write_gz(paths["events.jsonl"], events)
     return paths
 
 
