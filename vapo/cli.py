@@ -29,13 +29,10 @@ def _quiet_libraries() -> None:
     """The CLI draws its own progress bars: silence Hugging Face's per-save/load bars."""
     import os
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers.utils.logging as hf_logging
-
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when it is imported
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported already: the variable came too late for it
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

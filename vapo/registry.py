@@ -14,12 +14,15 @@ Advantage estimators, policy losses and loss-aggregation modes (``vapo.algos``),
 ['square']
 
 ``get`` of an unknown name raises :class:`vapo.errors.VapoError` listing the known names with
-a did-you-mean hint. A registry is a read-only mapping (``in``, iteration, ``reg[name]``,
+a did-you-mean hint. ``declare(name, module)`` makes a name known before the module that registers
+it is imported (the module is imported on the first ``get``): a config can check names, and refuse
+a typo, without importing torch. A registry is a read-only mapping (``in``, iteration, ``reg[name]``,
 ``len``); ``pop`` exists for tests and plug-ins that register temporary entries.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -42,6 +45,21 @@ class Registry(Mapping[str, T], Generic[T]):
         self.kind = kind
         self.where = where
         self._items: dict[str, T] = {}
+        self._declared: dict[str, str] = {}  # name -> module whose import registers it
+
+    def declare(self, name: str, module: str) -> None:
+        """Make ``name`` known now and registered by importing ``module`` on its first ``get``."""
+        if name not in self._items:
+            self._declared[name] = module
+
+    def _load(self, name: str) -> None:
+        module = self._declared.pop(name, None)
+        if module is None:
+            return
+        importlib.import_module(module)
+        if name not in self._items:
+            raise VapoError(f"{self.kind} {name!r} is declared in {module} but importing it did not register it",
+                            where=f"{self.kind} registry", fix=f"register {name!r} in {module}, or fix the declaration")
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REG.register("name")`` adds the decorated object under ``name`` and
@@ -52,6 +70,7 @@ class Registry(Mapping[str, T], Generic[T]):
                             where=f"register({name!r})", fix="pass a name such as 'my_name'")
 
         def deco(obj: T) -> T:
+            self._declared.pop(name, None)
             old = self._items.get(name)
             if old is not None and old is not obj:
                 raise VapoError(f"{self.kind} {name!r} is already registered",
@@ -65,31 +84,36 @@ class Registry(Mapping[str, T], Generic[T]):
     def get(self, name: str) -> T:  # type: ignore[override]  # raises instead of a default
         """The object registered as ``name``; an unknown name raises VapoError with the known
         names and a did-you-mean hint."""
+        if isinstance(name, str) and name not in self._items:
+            self._load(name)
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise unknown_name_error(self.kind, str(name), self._items, where=self.where) from None
+            raise unknown_name_error(self.kind, str(name), self.names(), where=self.where) from None
 
     def names(self) -> list[str]:
-        """Registered names, in registration order."""
-        return list(self._items)
+        """Registered names in registration order, then declared ones not imported yet."""
+        return [*self._items, *(n for n in self._declared if n not in self._items)]
 
     def pop(self, name: str, default: T | None = None) -> T | None:
         """Remove ``name`` and return its object (``default`` when absent), as ``dict.pop``;
         for tests and plug-ins that register temporary entries."""
+        self._declared.pop(name, None)
         return self._items.pop(name, default)
 
     def __getitem__(self, name: str) -> T:
+        if isinstance(name, str) and name not in self._items and name in self._declared:
+            self._load(name)
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._declared
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"

@@ -11,16 +11,21 @@ registry at the bottom. Masked positions hold exactly 0 in every output.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from vapo.algos.catalog import (
+    ADVANTAGE_ESTIMATORS,
+    ESTIMATOR_EXTRAS,
+    check_extra,
+    register_advantage_estimator,
+)
 from vapo.algos.groups import group_stats
-from vapo.errors import VapoError, did_you_mean
-from vapo.registry import Registry
+from vapo.errors import VapoError
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -579,49 +584,8 @@ class AdvantageOutput:
 
 
 AdvantageEstimator = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator",
-                                                              where="get_advantage_estimator")
-
-
-# estimator name -> {knob of params.extra: the types its value may have}. An estimator reads only
-# the knobs it declares here; a config naming any other knob is refused (vapo.config).
-ExtraSpec = Mapping[str, tuple[type, ...]]
-ESTIMATOR_EXTRAS: dict[str, dict[str, tuple[type, ...]]] = {}
-
-
-def register_advantage_estimator(name: str, *, extra: ExtraSpec | None = None
-                                 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator: ``@register_advantage_estimator("my_est", extra={"knob": (float,)})`` makes
-    ``fn(inp, params) -> AdvantageOutput`` available by name. ``extra`` declares the knobs the
-    estimator reads from ``params.extra`` and the types each may take (none by default);
-    :func:`check_extra` refuses any other. Registering a taken name raises VapoError."""
-    deco = ADVANTAGE_ESTIMATORS.register(name)
-
-    def register(fn: AdvantageEstimator) -> AdvantageEstimator:
-        out = deco(fn)
-        ESTIMATOR_EXTRAS[name] = {k: tuple(v) for k, v in (extra or {}).items()}
-        return out
-
-    return register
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def check_extra(name: str, extra: Mapping[str, Any], where: str = "algo.advantage.extra") -> None:
-    """Refuse knobs of ``extra`` that estimator ``name`` does not declare, or of a type it does
-    not accept (a misspelled knob would otherwise be silently ignored)."""
-    spec = ESTIMATOR_EXTRAS.get(name, {})
-    for key, value in extra.items():
-        if key not in spec:
-            known = ", ".join(sorted(spec)) or "none"
-            raise VapoError(f"the {name!r} estimator has no knob {key!r}.{did_you_mean(str(key), spec)}",
-                            where=f"{where}.{key}", fix=f"knobs of {name}: {known}")
-        types = spec[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise VapoError(f"{where}.{key} of the {name!r} estimator must be {_type_names(types)}, "
-                            f"got {value!r}", where=f"{where}.{key}", fix=f"give a {_type_names(types)} value")
+# ADVANTAGE_ESTIMATORS, ESTIMATOR_EXTRAS, register_advantage_estimator and check_extra live in
+# vapo.algos.catalog (no torch), so that a config can check names and knobs before torch loads.
 
 
 def response_lengths(response_mask: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from vapo.algos.catalog import LOSS_AGG_MODES, POLICY_LOSSES
 from vapo.errors import VapoError, unknown_name_error
-from vapo.registry import Registry
 
 __all__ = [
     "LOSS_AGG_MODES",
@@ -108,7 +108,6 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 # --------------------------------------------------------------------------------------------
 
 AggWeightFn = Callable[..., torch.Tensor]
-LOSS_AGG_MODES: Registry[AggWeightFn] = Registry("loss aggregation mode", where="loss_agg_mode")
 
 
 def register_loss_agg_mode(name: str) -> Callable[[AggWeightFn], AggWeightFn]:
@@ -205,7 +204,6 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "toke
 # --------------------------------------------------------------------------------------------
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", where="policy_loss")
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:

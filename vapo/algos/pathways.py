@@ -367,8 +367,7 @@ def error_aware_lambda(
     return torch.tensor(grid, dtype=torch.float64)[idx]
 
 
-@register_advantage_estimator("gae_error_aware", extra={
-    "lambda_grid": (list, tuple), "min_group_var": (int, float), "noise_var": (int, float, type(None))})
+@register_advantage_estimator("gae_error_aware")  # its extra knobs: vapo.algos.catalog
 def gae_error_aware(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GAE with a per-sequence, critic-error-aware λ (registered as "gae_error_aware").
 
@@ -465,8 +464,7 @@ def anchor_values(
     return ((v + delta[:, None] * w) * m).to(values.dtype)
 
 
-@register_advantage_estimator("gae_mc_anchored", extra={"anchor_strength": (int, float),
-                                                        "anchor_profile": (str,)})
+@register_advantage_estimator("gae_mc_anchored")  # its extra knobs: vapo.algos.catalog
 def gae_mc_anchored(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """GAE on MC-anchored values (registered as "gae_mc_anchored").
 
@@ -614,7 +612,7 @@ def vine_advantages(token_rewards: torch.Tensor, values: torch.Tensor, point_mas
     return torch.where(response_mask.bool(), adv, 0.0).to(values.dtype)
 
 
-@register_advantage_estimator("vine", extra={"vine_credit": (str,)})
+@register_advantage_estimator("vine")  # its extra knobs: vapo.algos.catalog
 def vine(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOutput:
     """Monte-Carlo values instead of a critic (registered as "vine"; VinePPO).
 
