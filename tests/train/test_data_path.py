@@ -58,7 +58,7 @@ def test_prefixed_rollout_is_prefix_then_continuation_within_budget(lm):
     assert torch.equal(out.response_mask.sum(1).long(), out.lengths)
     from vapo.models import decode_responses
 
-    scores, correct = score_batch(task, out.problems, decode_responses(tok, out.response_ids, out.lengths), out.lengths, s)
+    scores, correct, _ = score_batch(task, out.problems, decode_responses(tok, out.response_ids, out.lengths), out.lengths, s)
     assert torch.equal(scores, out.scores) and torch.equal(correct, out.correct)
 
 
@@ -80,8 +80,8 @@ def test_score_batch_adds_the_overlong_penalty():
     on = RewardSettings(temperature=1.0, top_p=1.0, max_new_tokens=32, overlong=True, overlong_cache_len=8)
     off = RewardSettings(temperature=1.0, top_p=1.0, max_new_tokens=32)
     texts = [p.solution, "nonsense", p.solution]
-    s_on, c_on = score_batch(task, [p] * 3, texts, lengths, on)
-    s_off, c_off = score_batch(task, [p] * 3, texts, lengths, off)
+    s_on, c_on, _ = score_batch(task, [p] * 3, texts, lengths, on)
+    s_off, c_off, _ = score_batch(task, [p] * 3, texts, lengths, off)
     assert torch.equal(c_on, c_off) and c_off.tolist() == [True, False, True]
     # penalty ((L_max − L_cache) − l) / L_cache for l in (24, 32]: 0, −0.5, −1
     assert (s_on - s_off).tolist() == pytest.approx([0.0, -0.5, -1.0])

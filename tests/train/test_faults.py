@@ -94,7 +94,7 @@ def test_score_batch_guards_every_verifier_call_with_the_configured_timeout():
 
     from vapo.config import resolve_config
     from vapo.tasks import Problem, Reward
-    from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, score_batch
+    from vapo.train.collect import RewardSettings, fault_counts, score_batch
 
     class Flaky:
         name = "flaky"
@@ -113,11 +113,48 @@ def test_score_batch_guards_every_verifier_call_with_the_configured_timeout():
     assert settings.verify_timeout == 0.05
     p = Problem(prompt="q", solution="a", answer="a", size=1, split="train")
     texts = ["ok", "raise", "hang", "none", "ok"]
-    before = dict(REWARD_FAULTS)
     t0 = _time.perf_counter()
-    scores, correct = score_batch(Flaky(), [p] * 5, texts, torch.tensor([2, 2, 2, 2, 2]), settings)
+    scores, correct, fault = score_batch(Flaky(), [p] * 5, texts, torch.tensor([2, 2, 2, 2, 2]), settings)
     assert _time.perf_counter() - t0 < 2.0  # the hang was cut at 0.05 s
     assert scores.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0] and correct.tolist() == [True, False, False, False, True]
-    m = reward_fault_counts(since=before)
+    assert fault.tolist() == [0, 1, 2, 3, 0]  # per row: none, exception, timeout, bad_return, none
+    m = fault_counts(fault)
     assert m == {"reward_faults": 3, "reward_faults_exception": 1, "reward_faults_timeout": 1,
                  "reward_faults_bad_return": 1, "reward_faults_not_a_number": 0, "reward_faults_non_finite": 0}
+
+
+def test_an_iterations_fault_counts_cover_every_scored_row_dropped_groups_included():
+    """The trainer counts the verifier faults of the rows it scored (returned with the rows, no
+    process-wide counter): with dynamic sampling, a group dropped for zero signal still counts."""
+    from types import SimpleNamespace
+
+    from vapo.config import resolve_config
+    from vapo.train.batch import Experience
+    from vapo.train.trainer import Trainer
+
+    G = 2
+
+    def exp(scores, fault):
+        B = len(scores)
+        return Experience(prompt_ids=torch.ones(B, 2, dtype=torch.long), prompt_mask=torch.ones(B, 2, dtype=torch.long),
+                          response_ids=torch.ones(B, 3, dtype=torch.long), response_mask=torch.ones(B, 3),
+                          lengths=torch.full((B,), 3), truncated=torch.zeros(B, dtype=torch.bool),
+                          scores=torch.tensor(scores), correct=torch.tensor(scores) > 0, sizes=torch.ones(B, dtype=torch.long),
+                          group_index=torch.arange(B // G).repeat_interleave(G), reward_fault=torch.tensor(fault))
+
+    # round 1: group 0 all zero (a timeout and an exception: dropped), group 1 mixed (kept);
+    # round 2: one more mixed group fills the share of 2 groups
+    rounds = [exp([0.0, 0.0, 1.0, 0.0], [2, 1, 0, 3]), exp([1.0, 0.0, 0.0, 0.0], [0, 0, 0, 0])]
+    for ds in (True, False):
+        cfg = resolve_config("dapo" if ds else "grpo", overrides=[f"rollout.group_size={G}", "rollout.prompts_per_iter=2"])
+        it = iter(rounds)
+        fake = SimpleNamespace(cfg=cfg, tokenizer=SimpleNamespace(pad_token_id=0), n_streams=1, streams={0: None},
+                               dist=SimpleNamespace(gather=lambda x: [x]), sample_and_score=lambda n, k: next(it))
+        fake._collect_stream = lambda target, k, f=fake: Trainer._collect_stream(f, target, k)
+        batch, info = Trainer.collect(fake)
+        if ds:
+            assert len(batch) == 4 and info["gen_rounds"] == 2
+            assert info["reward_faults"] == 3 and info["reward_faults_timeout"] == 1
+            assert info["reward_faults_exception"] == 1 and info["reward_faults_bad_return"] == 1
+        else:
+            assert info["gen_rounds"] == 1 and info["reward_faults"] == 3  # the one batch, as scored

@@ -77,12 +77,14 @@ class GuardedVerifier:
         self.log = log or logger.warning
         self.totals = dict.fromkeys(FAULT_KINDS, 0)  # over the guard's life
         self.last = dict.fromkeys(FAULT_KINDS, 0)  # of the last score_batch call
+        self.last_kinds: list[str | None] = []  # of the last score_batch call: each item's fault kind, or None
         self.logged: set[str] = set()
 
     # ------------------------------------------------------------------ public
     def score_batch(self, pairs: Sequence[tuple[Problem, str]]) -> list[Reward]:
         """One Reward per (problem, text) pair, faults replaced by reward 0 (see the module doc)."""
         self.last = dict.fromkeys(FAULT_KINDS, 0)
+        self.last_kinds = []
         use_alarm = threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0
         if use_alarm:
             old = signal.signal(signal.SIGALRM, self._on_alarm)
@@ -133,6 +135,7 @@ class GuardedVerifier:
         return box["result"]
 
     def _one(self, problem: Problem, text: str, call: Callable[[Problem, str], Any]) -> Reward:
+        self.last_kinds.append(None)  # _fault sets it
         try:
             result = call(problem, text)
         except _VerifierTimeout:
@@ -148,6 +151,7 @@ class GuardedVerifier:
         return result
 
     def _fault(self, kind: str, desc: str, problem: Problem, text: str) -> Reward:
+        self.last_kinds[-1] = kind
         self.last[kind] += 1
         self.totals[kind] += 1
         if kind not in self.logged:

@@ -35,6 +35,7 @@ class Experience:
     sizes: torch.Tensor  # [B] long, the task's length knob of each problem
     group_index: torch.Tensor  # [B] long, which prompt a response answers
     problems: list[Any] = field(default_factory=list)  # B Problem objects (empty when not kept)
+    reward_fault: torch.Tensor | None = None  # [B] long: 0, or 1 + the FAULT_KINDS index of the verifier fault that scored the row 0
     loss_mask: torch.Tensor | None = None  # [B, T] response_mask, minus filtered responses
     old_logprobs: torch.Tensor | None = None  # [B, T]
     ref_logprobs: torch.Tensor | None = None  # [B, T]

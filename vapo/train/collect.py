@@ -8,16 +8,17 @@ Problems are drawn with :func:`vapo.tasks.sample_problems` everywhere.
 
 Every verifier call is guarded (:class:`vapo.tasks.guard.GuardedVerifier`): a verifier that
 raises, hangs past ``settings.verify_timeout`` or returns a non-number gives that answer reward 0.
-The faults are counted by kind in :data:`REWARD_FAULTS` (process-wide totals; the trainer logs
-each iteration's share as ``reward_faults_<kind>``) and the first example of each kind is logged
-once per task.
+Each scored row carries the kind of its fault, if any (``Experience.reward_fault``: 0 = none, else
+1 + its index in :data:`vapo.tasks.guard.FAULT_KINDS`); :func:`fault_counts` turns rows into the
+``reward_faults_<kind>`` metrics, and the trainer counts every row it scored in an iteration (with
+dynamic sampling, the dropped groups too). The first example of each kind is logged once per task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,8 +30,6 @@ from vapo.rollout import sample
 from vapo.tasks.guard import FAULT_KINDS, GuardedVerifier
 from vapo.train.batch import Experience, pad_left, pad_right
 
-# Fault counts of every score_batch call in this process, by kind (see the module doc).
-REWARD_FAULTS: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 # Fault kinds already logged, per task name: one example of each kind per task and process.
 _LOGGED: dict[str, set[str]] = {}
 
@@ -62,26 +61,41 @@ class RewardSettings:
         )
 
 
+class Scored(NamedTuple):
+    """What :func:`score_batch` returns: scores [B] float32, correct [B] bool, and fault [B] long
+    (0 = the verifier answered, else 1 + the index of its fault kind in FAULT_KINDS)."""
+
+    scores: torch.Tensor
+    correct: torch.Tensor
+    fault: torch.Tensor
+
+
+def fault_counts(fault: torch.Tensor) -> dict[str, int]:
+    """Metrics of the fault column of scored rows (``Scored.fault`` or ``Experience.reward_fault``):
+    ``reward_faults`` (all kinds) and ``reward_faults_<kind>``, zeros included."""
+    n = torch.bincount(fault.long().flatten(), minlength=len(FAULT_KINDS) + 1).tolist()
+    return {"reward_faults": sum(n[1:]), **{f"reward_faults_{k}": n[i + 1] for i, k in enumerate(FAULT_KINDS)}}
+
+
 def score_batch(task: Any, problems: Sequence[Any], texts: Sequence[str], lengths: torch.Tensor,
-                settings: RewardSettings) -> tuple[torch.Tensor, torch.Tensor]:
+                settings: RewardSettings) -> Scored:
     """The reward of finished responses: the task's verifier score, plus the overlong penalty
     when ``settings.overlong`` (docs/algorithms.md, overlong shaping). Every verifier call of
     the project goes through here, guarded: a call that raises, takes longer than
-    ``settings.verify_timeout`` seconds or returns a non-number scores 0 and is counted in
-    :data:`REWARD_FAULTS`.
+    ``settings.verify_timeout`` seconds or returns a non-number scores 0 and its row's ``fault``
+    says which kind of fault it was.
 
     Args: problems, texts: B each; lengths [B] int response lengths (EOS included).
-    Returns: scores [B] float32 and correct [B] bool.
+    Returns: :class:`Scored` (scores, correct, fault).
     """
     guard = GuardedVerifier(task, timeout_s=settings.verify_timeout)
     guard.logged = _LOGGED.setdefault(str(getattr(task, "name", type(task).__name__)), set())
     rewards = guard.score_batch(list(zip(problems, texts, strict=True)))
-    for kind, n in guard.last.items():
-        REWARD_FAULTS[kind] += n
+    fault = torch.tensor([0 if k is None else 1 + FAULT_KINDS.index(k) for k in guard.last_kinds], dtype=torch.long)
     scores = torch.tensor([float(r.score) for r in rewards], dtype=torch.float32)
     if settings.overlong:
         scores = scores + overlong_penalty(lengths.cpu(), settings.max_new_tokens, settings.overlong_cache_len)
-    return scores, torch.tensor([bool(r.correct) for r in rewards], dtype=torch.bool)
+    return Scored(scores, torch.tensor([bool(r.correct) for r in rewards], dtype=torch.bool), fault)
 
 
 def _encode_with_prefixes(tokenizer: Any, problems: Sequence[Any],
@@ -172,21 +186,14 @@ def rollout_and_score(policy: Any, tokenizer: Any, task: Any, problems: Sequence
     # The sampler's own log-probs are the old policy's only where every token was sampled here.
     old_logprobs = None if prefixes is not None else torch.cat([pad_right(p["logprobs"], T, 0) for p in parts])
     texts = decode_responses(tokenizer, response_ids, lengths)
-    scores, correct = score_batch(task, flat, texts, lengths, settings)
+    scores, correct, fault = score_batch(task, flat, texts, lengths, settings)
     return Experience(
         prompt_ids=p_ids, prompt_mask=p_mask, response_ids=response_ids,
         response_mask=(torch.arange(T)[None] < lengths[:, None]).float(), lengths=lengths,
         truncated=torch.cat([p["truncated"] for p in parts]), scores=scores, correct=correct,
         sizes=torch.tensor([p.size for p in flat]), group_index=torch.arange(len(problems)).repeat_interleave(group_size),
-        problems=flat, old_logprobs=old_logprobs,
+        problems=flat, old_logprobs=old_logprobs, reward_fault=fault,
     )
 
 
-def reward_fault_counts(since: dict[str, int]) -> dict[str, int]:
-    """The reward faults counted since the snapshot ``since`` (a copy of :data:`REWARD_FAULTS`), as
-    metrics: ``reward_faults`` (all kinds) and ``reward_faults_<kind>``, zeros included."""
-    new = {k: REWARD_FAULTS[k] - since.get(k, 0) for k in FAULT_KINDS}
-    return {"reward_faults": sum(new.values()), **{f"reward_faults_{k}": v for k, v in new.items()}}
-
-
-__all__ = ["REWARD_FAULTS", "RewardSettings", "reward_fault_counts", "rollout_and_score", "score_batch"]
+__all__ = ["RewardSettings", "Scored", "fault_counts", "rollout_and_score", "score_batch"]

@@ -51,7 +51,7 @@ from vapo.tasks import sample_problems, task_from_config
 from vapo.train import adapter
 from vapo.train import checkpoint as ckpt
 from vapo.train.batch import Experience, Graphs, forward_rows
-from vapo.train.collect import REWARD_FAULTS, RewardSettings, reward_fault_counts, rollout_and_score
+from vapo.train.collect import RewardSettings, fault_counts, rollout_and_score
 from vapo.train.distributed import Dist, current, unsharded_copy
 from vapo.train.exploration import OutcomeExplorer, entropy_by_position
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
@@ -244,9 +244,7 @@ class Trainer:
         """One iteration, stage by stage. Returns its metrics row and its experience."""
         tm = Timings()
         t = time.perf_counter()
-        faults0 = dict(REWARD_FAULTS)
-        exp, gen_info = self.collect()  # sample + score
-        gen_info.update(reward_fault_counts(since=faults0))  # verifier faults of this iteration
+        exp, gen_info = self.collect()  # sample + score (with the verifier faults of every row scored)
         gen_info.update(self.explorer.apply(exp, self.tokenizer))  # final answers: algo.exploration shaping, metrics
         tm.rollout, t = time.perf_counter() - t, time.perf_counter()
         mc = self.draw_mc_values(exp)  # Monte-Carlo values at points of each answer, when configured
@@ -281,28 +279,34 @@ class Trainer:
     def collect(self) -> tuple[Experience, dict[str, float]]:
         """The iteration's global batch: each rollout stream fills its share of prompts_per_iter
         (this process's streams here, the others on the other processes), and the shares are
-        gathered in stream order."""
+        gathered in stream order. The metrics hold the verifier faults of every row scored
+        (``reward_faults_<kind>``; with dynamic sampling, the dropped groups' rows too)."""
         share = self.cfg.rollout.prompts_per_iter // self.n_streams
         mine = [self._collect_stream(share, k) for k in self.streams]
         parts = [p for rank_parts in self.dist.gather(mine) for p in rank_parts]
         exp = Experience.concat([e for e, _ in parts], self.tokenizer.pad_token_id)
+        rounds, seen, dropped, faults = zip(*(info for _, info in parts), strict=True)
+        info = fault_counts(torch.cat(faults))
         if not self.cfg.algo.dynamic_sampling.enabled:
-            return exp, {"gen_rounds": 1, "zero_signal_frac": zero_signal_fraction(exp.scores, exp.group_index)}
-        rounds, seen, dropped = (list(x) for x in zip(*(info for _, info in parts), strict=True))
-        return exp, {"gen_rounds": max(rounds), "zero_signal_frac": sum(dropped) / sum(seen)}
+            return exp, {"gen_rounds": 1, "zero_signal_frac": zero_signal_fraction(exp.scores, exp.group_index), **info}
+        return exp, {"gen_rounds": max(rounds), "zero_signal_frac": sum(dropped) / sum(seen), **info}
 
-    def _collect_stream(self, target: int, stream: int) -> tuple[Experience, tuple[int, int, int]]:
+    def _collect_stream(self, target: int, stream: int) -> tuple[Experience, tuple[int, int, int, torch.Tensor]]:
         """``target`` groups from one rollout stream; with dynamic sampling (DAPO), keep only groups
         with reward variance and sample more rounds until the share is full or max_rounds is hit.
-        Returns the experience and (rounds, groups seen, groups dropped)."""
+        Returns the experience and (rounds, groups seen, groups dropped, the fault column of every
+        row scored, dropped ones included)."""
         c = self.cfg
         if not c.algo.dynamic_sampling.enabled:
-            return self.sample_and_score(target, stream), (1, target, 0)
+            exp = self.sample_and_score(target, stream)
+            return exp, (1, target, 0, exp.reward_fault)
         kept: list[Experience] = []
+        scored: list[torch.Tensor] = []
         n_kept, rounds, seen, dropped = 0, 0, 0, 0
         G = c.rollout.group_size
         while n_kept < target and rounds < c.algo.dynamic_sampling.max_rounds:
             exp = self.sample_and_score(target, stream)
+            scored.append(exp.reward_fault)
             rounds += 1
             keep = dynamic_sampling_keep(exp.scores, exp.group_index)
             seen += target
@@ -313,7 +317,7 @@ class Trainer:
                 n_kept += len(idx) // G
         if not kept:  # every group had zero signal: train on the last batch (zero advantages)
             kept = [exp]
-        return Experience.concat(kept, self.tokenizer.pad_token_id), (rounds, seen, dropped)
+        return Experience.concat(kept, self.tokenizer.pad_token_id), (rounds, seen, dropped, torch.cat(scored))
 
     # ---------------------------------------------------------------- stage 2: forward passes
     def _logprobs(self, model: Any, *tensors: torch.Tensor) -> torch.Tensor:
