@@ -149,7 +149,7 @@ def test_an_iterations_fault_counts_cover_every_scored_row_dropped_groups_includ
         cfg = resolve_config("dapo" if ds else "grpo", overrides=[f"rollout.group_size={G}", "rollout.prompts_per_iter=2"])
         it = iter(rounds)
         fake = SimpleNamespace(cfg=cfg, tokenizer=SimpleNamespace(pad_token_id=0), n_streams=1, streams={0: None},
-                               dist=SimpleNamespace(gather=lambda x: [x]), sample_and_score=lambda n, k: next(it))
+                               dist=SimpleNamespace(gather=lambda x: [x]), sample_and_score=lambda n, k, it=it: next(it))
         fake._collect_stream = lambda target, k, f=fake: Trainer._collect_stream(f, target, k)
         batch, info = Trainer.collect(fake)
         if ds:
