@@ -1,25 +1,14 @@
 """benchmarks/bench_gpu.py: the CPU code path (--device cpu --tiny) and the refusal without CUDA."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_tiny_cpu_run_writes_consistent_results(tmp_path):
+def test_tiny_cpu_run_writes_consistent_results(tmp_path, load_script):
     out = tmp_path / "r.json"
-    rc = _load().main(["--device", "cpu", "--tiny", "--repeats", "1", "--train-steps", "1", "--out", str(out)])
+    rc = load_script("bench_gpu").main(["--device", "cpu", "--tiny", "--repeats", "1", "--train-steps", "1", "--out", str(out)])
     assert rc == 0
     r = json.loads(out.read_text())
     eng = r["rollout"]["engines"]
@@ -39,8 +28,8 @@ def test_tiny_cpu_run_writes_consistent_results(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_refuses_without_cuda(tmp_path, capsys):
+def test_refuses_without_cuda(tmp_path, capsys, load_script):
     out = tmp_path / "r.json"
-    assert _load().main(["--out", str(out)]) == 2
+    assert load_script("bench_gpu").main(["--out", str(out)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not out.exists()

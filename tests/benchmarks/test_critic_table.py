@@ -2,20 +2,9 @@
 directories or from the compressed events that `vapo compare` commits, checked on hand-written events."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "critic_table.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("critic_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _end(ev, ach, mc):
@@ -25,8 +14,8 @@ def _end(ev, ach, mc):
         "pretrain_rounds": 9, "kept_round": 4, "n_answers": 32}}
 
 
-def test_reads_run_dirs_and_committed_events_and_summarises(tmp_path, capsys):
-    ct = _load()
+def test_reads_run_dirs_and_committed_events_and_summarises(tmp_path, capsys, load_script):
+    ct = load_script("critic_table")
     (tmp_path / "a-s0").mkdir()
     (tmp_path / "a-s0" / "events.jsonl").write_text(json.dumps({"phase": "value_pretrain", "step": 1}) + "\n"
                                                    + json.dumps(_end(0.15, 0.30, 0.6)) + "\n")
