@@ -14,9 +14,11 @@ Under torchrun the stages run on every process; vapo.train.distributed says whic
 rollout streams and of each minibatch's micro-batches is this process's, and sums across processes
 (docs/distributed.md). In a single process those calls are the identity.
 
-Before RL: supervised warm start on task demonstrations (cached), then value pretraining of the
-critic on Monte-Carlo returns of the frozen warm-start policy, with its own stop rule (the
-critic's RMSE against Monte-Carlo values of a held-out probe has stopped improving). Config → algorithm arguments go through vapo.train.adapter only.
+Before RL: supervised warm start on task demonstrations (cached, vapo.train.sft), then value
+pretraining of the critic on Monte-Carlo returns of the frozen warm-start policy, with its own stop
+rule (vapo.train.value_pretrain). A checkpoint's trainer state (optimizers, schedulers, random
+streams) is written and read by vapo.train.trainer_state. Config → algorithm arguments go through
+vapo.train.adapter only. This module holds the loop.
 """
 
 from __future__ import annotations
@@ -46,13 +48,12 @@ from vapo.algos.losses import (
 )
 from vapo.algos.shaping import dynamic_sampling_keep, zero_signal_fraction
 from vapo.config import Config
-from vapo.errors import ConfigError, VapoError
+from vapo.errors import ConfigError
 from vapo.tasks import sample_problems, task_from_config
-from vapo.train import adapter
-from vapo.train import checkpoint as ckpt
+from vapo.train import adapter, trainer_state, value_pretrain
 from vapo.train.batch import Experience, Graphs, forward_rows
 from vapo.train.collect import RewardSettings, fault_counts, rollout_and_score
-from vapo.train.distributed import Dist, current, unsharded_copy
+from vapo.train.distributed import Dist, current
 from vapo.train.exploration import OutcomeExplorer, entropy_by_position
 from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_nonfinite
 from vapo.train.mc_values import MC_SEED_OFFSET, CriticControl, MCBatch, draw_mc_values
@@ -137,7 +138,6 @@ def _stream(seed: int, k: int) -> tuple[random.Random, torch.Generator]:
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
-_FRESH_PROBE = 50_021  # seed offset of the probe that reports value pretraining's end (not the selecting one)
 
 
 class Trainer:
@@ -600,16 +600,6 @@ class Trainer:
             return None
         return self._draw_mc(exp, self.iteration)
 
-    def _pretrain_mc_targets(self, exp: Experience) -> None:
-        """Value pretraining with ``algo.mc_values.pretrain_targets``: ``exp.returns`` become the
-        Monte-Carlo targets (vapo.algos.pathways.mc_value_targets); the draw's cost goes to events.jsonl."""
-        self._pretrain_mc_rounds += 1
-        mc = self._draw_mc(exp, 500_000 + self._pretrain_mc_rounds)
-        exp.returns = mc.targets(exp.token_rewards, exp.response_mask)
-        if self.dist.is_writer:
-            append_jsonl(self.run_dir / "events.jsonl", {"phase": "value_pretrain_mc", "round": self._pretrain_mc_rounds,
-                                                         **mc.metrics(), "time": time.time()})
-
     # ---------------------------------------------------------------- the critic probe
     def draw_probe(self, seed_offset: int = 0) -> ProbeSet | None:
         """A Monte-Carlo probe of the current policy (vapo.train.probe): held-out answers, MC values
@@ -639,185 +629,22 @@ class Trainer:
                 q = critic_quality(v, probe, n_boot=n_boot, seed=self.cfg.seed)
         return self.dist.broadcast(q)
 
-    # ---------------------------------------------------------------- value pretraining
+    # ---------------------------------------------------------------- value pretraining, checkpoints
     def pretrain_value(self, ui: UI, flag: StopFlag) -> list[dict[str, Any]]:
-        """Train the critic on Monte-Carlo returns (λ = 1) of the frozen warm-start policy until its
-        error against Monte-Carlo values stops improving (docs/training.md, the critic).
-
-        The policy is frozen, so one probe (:meth:`draw_probe`) serves every check, and a check
-        costs one critic forward over the probe's answers. Each round collects one batch and makes
-        ``pretrain_epochs`` passes of ``pretrain_minibatch_size``-answer critic steps over it; then
-        the probe is checked. Stop: ``pretrain_patience`` rounds in a row without a new best
-        RMSE against V̂ (better by ``pretrain_tol``, relative), after at least ``pretrain_min_steps``
-        rounds, or at the cap ``pretrain_steps``. The critic of the best round is kept, with the
-        optimizer state (Adam moments, schedule) it had then. The last record holds
-        ``critic_quality``: the kept critic's figures with 95% CIs on a *fresh* probe (other prompts,
-        answers and continuations; the probe that chose the round would flatter it), and under
-        ``selection_probe`` its figures on the selecting probe.
-        """
-        from vapo.algos.advantages import masked_gae
-
-        cc = self.cfg.algo.critic
-        history: list[dict[str, Any]] = []
-        if not self.uses_critic or cc.pretrain_steps == 0:
-            return history
-        task_id = ui.add_task("value pretraining: MC probe", total=cc.pretrain_steps)
-        t0 = time.perf_counter()
-        probe = self.draw_probe()
-        probe_seconds = time.perf_counter() - t0
-
-        def log(rec: dict[str, Any]) -> None:
-            history.append(rec)
-            if self.dist.is_writer:
-                append_jsonl(self.run_dir / "events.jsonl", rec)
-
-        q = self.probe_critic(probe)
-        log({"phase": "value_pretrain", "step": 0, "gradient_steps": 0, "probe_seconds": probe_seconds, **q})
-        def snapshot() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # weights with their Adam moments
-            return (copy.deepcopy(self.critic.state_dict()), copy.deepcopy(self.critic_opt.state_dict()),
-                    copy.deepcopy(self.critic_sched.state_dict()))
-
-        best, best_state, best_round, since_best, grad_steps = q["rmse_vs_mc"], snapshot(), 0, 0, 0
-        for step in range(1, cc.pretrain_steps + 1):
-            if flag.requested:
-                break
-            t0 = time.perf_counter()
-            exp, _ = self.collect()
-            exp, _ = self.annotate(exp)  # values of the current critic (value clip reference), loss mask
-            # Targets: Monte-Carlo returns (λ = 1 GAE returns of the token rewards).
-            _, exp.returns = masked_gae(exp.token_rewards, exp.values, exp.response_mask, gamma=self.cfg.algo.advantage.gamma, lam=1.0)
-            ev_batch = float(explained_variance(exp.values, exp.returns, exp.response_mask))
-            if self.cfg.algo.mc_values.pretrain_targets:  # Monte-Carlo values at points of each answer instead
-                self._pretrain_mc_targets(exp)
-            st = self.update_critic(exp, epochs=cc.pretrain_epochs, minibatch_size=cc.pretrain_minibatch_size)
-            grad_steps += cc.pretrain_epochs * math.ceil(len(exp) / cc.pretrain_minibatch_size)
-            q = self.probe_critic(probe)
-            log({"phase": "value_pretrain", "step": step, "gradient_steps": grad_steps, "explained_variance": ev_batch,
-                 "value_loss": st["value_loss"], "seconds": time.perf_counter() - t0, **q})
-            ui.update(task_id, advance=1, info=f"EV {q['ev']:+.3f} of {q['achievable_ev']:+.3f}  RMSE {q['rmse_vs_mc']:.3f}")
-            if q["rmse_vs_mc"] < (1.0 - cc.pretrain_tol) * best:
-                best, best_state, best_round, since_best = q["rmse_vs_mc"], snapshot(), step, 0
-            else:
-                since_best += 1
-            if step >= cc.pretrain_min_steps and since_best >= cc.pretrain_patience:
-                break
-        # The kept critic goes on with the optimizer state it had then: Adam's moments belong to its weights.
-        self.critic.load_state_dict(best_state[0])
-        self.critic_opt.load_state_dict(best_state[1])
-        self.critic_sched.load_state_dict(best_state[2])
-        rounds = len(history) - 1
-        selection = self.probe_critic(probe)  # the probe that chose the kept round: optimistic
-        t0 = time.perf_counter()
-        fresh = self.draw_probe(seed_offset=_FRESH_PROBE)  # new answers and continuations: the figures reported
-        probe_seconds += time.perf_counter() - t0
-        final = self.probe_critic(fresh, n_boot=1000)
-        n_steps = next(r["gradient_steps"] for r in history if r["step"] == best_round)
-        exact = {"value": n_steps, "lo": n_steps, "hi": n_steps}  # a count, known exactly
-        final.update(pretrain_steps=exact, pretrain_rounds=rounds, kept_round=best_round, probe_seconds=probe_seconds,
-                     selection_probe={k: selection[k] for k in ("ev", "achievable_ev", "ev_vs_mc", "rmse_vs_mc")},
-                     probe="a fresh probe (answers and continuations not used to choose the kept round)",
-                     ci="95% percentile bootstrap over probe answers (scipy.stats.bootstrap, 1000 resamples)")
-        log({"phase": "value_pretrain_end", "critic_quality": final})
-        ui.update(task_id, total=max(rounds, 1), completed=max(rounds, 1))
-        return history
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizers (full state, in Optimizer.state_dict()'s format), schedulers and random
-        streams: the same on any number of processes (a collective under torchrun)."""
-        streams = [st for part in self.dist.gather([(k, rng.getstate(), gen.get_state()) for k, (rng, gen) in self.streams.items()])
-                   for st in part]
-        s = {
-            "iteration": self.iteration,
-            "actor_opt": self.dist.full_optimizer_state(self.policy, self.actor_opt),
-            "actor_sched": self.actor_sched.state_dict(),
-            "prompt_rng": streams[0][1],
-            "sample_gen": streams[0][2],
-            "streams": [(rng, gen) for _, rng, gen in sorted(streams, key=lambda x: x[0])],
-            "shuffle_gen": self.shuffle_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "exploration": self.explorer.state_dict(),
-        }
-        if self.uses_critic:
-            s["critic_opt"] = self.dist.full_optimizer_state(self.critic, self.critic_opt)
-            s["critic_sched"] = self.critic_sched.state_dict()
-            s["critic_control"] = self.critic_control.state_dict()
-        return s
-
-    def _full_models(self, **models: Any) -> dict[str, Any]:
-        """The models as plain (unsharded) modules, for saving: themselves in a single process;
-        under torchrun unsharded copies on rank 0 (the full weights gathered: a collective, every
-        process calls this) and {} on the others."""
-        if not self.dist.enabled:
-            return dict(models)
-        full = {name: self.dist.full_model_state(m) for name, m in models.items()}
-        return {name: unsharded_copy(m, full[name]) for name, m in models.items()} if self.dist.is_writer else {}
-
-    def save_models(self, directory: Path, **models: Any) -> None:
-        """``save_pretrained`` of each model into directory/<name>: under torchrun the full weights
-        are gathered and rank 0 writes them (a collective: every process calls this)."""
-        for name, m in self._full_models(**models).items():
-            m.save_pretrained(directory / name)
+        """Value pretraining before RL (vapo.train.value_pretrain.pretrain_value)."""
+        return value_pretrain.pretrain_value(self, ui, flag)
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_<iteration> (models as safetensors, the rest as plain data read
-        back with weights_only=True, a manifest of sizes and sha256 written last; see
-        vapo.train.checkpoint), then keep only the last ``train.keep_checkpoints``. Under torchrun
-        every process takes part (the full weights and optimizer states are gathered) and rank 0
-        alone writes, in the one-process format; the others wait for it.
-
-        Raises:
-            CheckpointError: the write failed (e.g. a full disk); the previous checkpoints are intact.
-        """
-        final = self.run_dir / "checkpoints" / f"step_{self.iteration}"
-        state = self.state_dict()  # a collective under torchrun
-        models = {"policy": self.policy, "critic": self.critic if self.uses_critic else None,
-                  "ref_policy": self.ref_policy if self.uses_ref else None}
-        full = self._full_models(**{k: m for k, m in models.items() if m is not None})
-        if self.dist.is_writer:
-            parts: dict[str, Any] = dict(full)
-            parts["policy"] = (full["policy"], self.tokenizer)
-            ckpt.save_checkpoint(final, parts, state, step=self.iteration)
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
-        self.dist.barrier()
-        return final
+        """checkpoints/step_<iteration> of this trainer (vapo.train.trainer_state.save_checkpoint)."""
+        return trainer_state.save_checkpoint(self)
 
     def load_checkpoint(self, path: Path) -> None:
-        from vapo.models import Critic, load_policy, load_policy_and_tokenizer
+        """Restore this trainer from ``path`` (vapo.train.trainer_state.load_checkpoint)."""
+        trainer_state.load_checkpoint(self, path)
 
-        s = ckpt.load_state(path)  # checks every file against the manifest first; weights_only=True
-        self.policy, self.tokenizer = load_policy_and_tokenizer(path / "policy")
-        self.policy.to(self.device)
-        if self.uses_critic:
-            self.critic = Critic.from_pretrained(path / "critic").to(self.device)
-        if self.uses_ref:
-            self.ref_policy = load_policy(path / "ref_policy").to(self.device).requires_grad_(False)
-        # laid out in memory as in the run that saved them (exact resume; vapo.models.storage)
-        from vapo.models.storage import own_memory
-
-        for m in (self.policy, self.critic, self.ref_policy):
-            if m is not None:
-                own_memory(m)
-        self._shard()
-        self._make_optimizers()
-        self.iteration = s["iteration"]
-        self.dist.load_optimizer_state(self.policy, self.actor_opt, s["actor_opt"])
-        self.actor_sched.load_state_dict(s["actor_sched"])
-        if self.uses_critic:
-            self.dist.load_optimizer_state(self.critic, self.critic_opt, s["critic_opt"])
-            self.critic_sched.load_state_dict(s["critic_sched"])
-            if "critic_control" in s:  # checkpoints written before the EV-weighted critic have none
-                self.critic_control.load_state_dict(s["critic_control"])
-        streams = s.get("streams", [(s["prompt_rng"], s["sample_gen"])])
-        if len(streams) != self.n_streams:
-            raise VapoError(f"{path} holds {len(streams)} rollout streams, the config asks for {self.n_streams}",
-                            where="dist.rollout_streams", fix="resume with the run's own config")
-        for k, (rng, gen) in self.streams.items():
-            rng.setstate(streams[k][0])
-            gen.set_state(streams[k][1])
-        self.shuffle_gen.set_state(s["shuffle_gen"])
-        torch.set_rng_state(s["torch_rng"])
-        self.explorer.load_state_dict(s.get("exploration"))
+    def save_models(self, directory: Path, **models: Any) -> None:
+        """``save_pretrained`` of each model into directory/<name> (vapo.train.trainer_state.save_models)."""
+        trainer_state.save_models(self, directory, **models)
 
 
 __all__ = ["Trainer"]
