@@ -84,16 +84,15 @@ class Registry(Mapping[str, T], Generic[T]):
     def get(self, name: str) -> T:  # type: ignore[override]  # raises instead of a default
         """The object registered as ``name``; an unknown name raises VapoError with the known
         names and a did-you-mean hint."""
-        if isinstance(name, str) and name not in self._items:
-            self._load(name)
         try:
-            return self._items[name]
+            return self[name]
         except (KeyError, TypeError):
             raise unknown_name_error(self.kind, str(name), self.names(), where=self.where) from None
 
     def names(self) -> list[str]:
-        """Registered names in registration order, then declared ones not imported yet."""
-        return [*self._items, *(n for n in self._declared if n not in self._items)]
+        """Registered names in registration order, then declared ones not imported yet (the two
+        never overlap: registering a name takes it off the declared ones)."""
+        return [*self._items, *self._declared]
 
     def pop(self, name: str, default: T | None = None) -> T | None:
         """Remove ``name`` and return its object (``default`` when absent), as ``dict.pop``;
@@ -102,8 +101,8 @@ class Registry(Mapping[str, T], Generic[T]):
         return self._items.pop(name, default)
 
     def __getitem__(self, name: str) -> T:
-        if isinstance(name, str) and name not in self._items and name in self._declared:
-            self._load(name)
+        if isinstance(name, str) and name not in self._items:
+            self._load(name)  # a declared name: import the module that registers it
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:

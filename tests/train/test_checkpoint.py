@@ -32,7 +32,7 @@ def models():
 
 
 def _trainer_like_state(policy, critic):
-    """The state Trainer.state_dict() holds: two AdamW + LambdaLR after real steps, RNG states."""
+    """The state vapo.train.trainer_state.state_dict(trainer) holds: two AdamW + LambdaLR after real steps, RNG states."""
     out = {"iteration": 7}
     for name, model in (("actor", policy), ("critic", critic)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

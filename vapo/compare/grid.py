@@ -296,9 +296,9 @@ def _with_new_defaults(saved: dict[str, Any], want: dict[str, Any], defaults: di
     the old behaviour as their default), so it ran the same config."""
     out = dict(saved)
     for k, v in want.items():
-        d = defaults.get(k) if isinstance(defaults, dict) else None
+        d = defaults.get(k)
         if k not in out:
-            if isinstance(defaults, dict) and k in defaults and v == d:
+            if k in defaults and v == d:
                 out[k] = v
         elif isinstance(v, dict) and isinstance(out[k], dict) and isinstance(d, dict):
             out[k] = _with_new_defaults(out[k], v, d)

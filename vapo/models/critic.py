@@ -177,6 +177,11 @@ class Critic(nn.Module):
     def has_history(self) -> bool:
         return self.history_count_embed is not None
 
+    def _input_embeddings(self) -> list[tuple[str, nn.Embedding]]:
+        """The learned input embeddings this critic has beyond its backbone (saved with its head)."""
+        names = ("surprise_embed", "history_count_embed", "history_min_embed")
+        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None, *, prompt_len: int | None = None) -> torch.Tensor:
         """Values V(prefix up to and including token l) for every position.
@@ -202,12 +207,10 @@ class Critic(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(d)
         head = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
-        if self.surprise_embed is not None:
-            head["surprise_embed.weight"] = self.surprise_embed.weight.detach().contiguous().cpu()
+        for name, emb in self._input_embeddings():
+            head[f"{name}.weight"] = emb.weight.detach().contiguous().cpu()
+        if self.surprise_policy is not None:
             self.surprise_policy.save_pretrained(d / SURPRISE_DIR)
-        if self.has_history:
-            head["history_count_embed.weight"] = self.history_count_embed.weight.detach().contiguous().cpu()
-            head["history_min_embed.weight"] = self.history_min_embed.weight.detach().contiguous().cpu()
         save_file(head, str(d / HEAD_FILE))
         dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
         (d / META_FILE).write_text(json.dumps({"format": CRITIC_FORMAT, "hidden_size": self.config.hidden_size,
@@ -245,10 +248,7 @@ class Critic(nn.Module):
             surprise_policy = load_policy(d / SURPRISE_DIR)
         critic = cls(backbone, zero_init=True, surprise_policy=surprise_policy, history=bool(meta.get("surprise_history")))
         head = load_file(str(d / HEAD_FILE))
-        if critic.surprise_embed is not None:
-            critic.surprise_embed.weight.data.copy_(head.pop("surprise_embed.weight"))
-        if critic.has_history:
-            critic.history_count_embed.weight.data.copy_(head.pop("history_count_embed.weight"))
-            critic.history_min_embed.weight.data.copy_(head.pop("history_min_embed.weight"))
+        for name, emb in critic._input_embeddings():
+            emb.weight.data.copy_(head.pop(f"{name}.weight"))
         critic.value_head.load_state_dict(head)
         return critic.eval()

@@ -76,14 +76,12 @@ class GuardedVerifier:
         self.timeout_s = float(timeout_s)
         self.log = log or logger.warning
         self.totals = dict.fromkeys(FAULT_KINDS, 0)  # over the guard's life
-        self.last = dict.fromkeys(FAULT_KINDS, 0)  # of the last score_batch call
         self.last_kinds: list[str | None] = []  # of the last score_batch call: each item's fault kind, or None
         self.logged: set[str] = set()
 
     # ------------------------------------------------------------------ public
     def score_batch(self, pairs: Sequence[tuple[Problem, str]]) -> list[Reward]:
         """One Reward per (problem, text) pair, faults replaced by reward 0 (see the module doc)."""
-        self.last = dict.fromkeys(FAULT_KINDS, 0)
         self.last_kinds = []
         use_alarm = threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0
         if use_alarm:
@@ -95,9 +93,15 @@ class GuardedVerifier:
                 signal.signal(signal.SIGALRM, old)
         return [self._one(p, t, self._call_thread) for p, t in pairs]
 
+    @property
+    def last(self) -> dict[str, int]:
+        """Fault counts of the last batch, by kind (zeros included)."""
+        return {k: self.last_kinds.count(k) for k in FAULT_KINDS}
+
     def metrics(self) -> dict[str, int]:
         """Fault counts of the last batch: ``reward_faults`` and ``reward_faults_<kind>``."""
-        return {"reward_faults": sum(self.last.values()), **{f"reward_faults_{k}": v for k, v in self.last.items()}}
+        last = self.last
+        return {"reward_faults": sum(last.values()), **{f"reward_faults_{k}": v for k, v in last.items()}}
 
     # ------------------------------------------------------------------ internals
     _armed = False
@@ -152,7 +156,6 @@ class GuardedVerifier:
 
     def _fault(self, kind: str, desc: str, problem: Problem, text: str) -> Reward:
         self.last_kinds[-1] = kind
-        self.last[kind] += 1
         self.totals[kind] += 1
         if kind not in self.logged:
             self.logged.add(kind)

@@ -174,7 +174,6 @@ class Trainer:
         self.critic_opt: torch.optim.Optimizer | None = None
         self.explorer = OutcomeExplorer(cfg)  # final-answer history (checkpointed), exploration shaping
         self.critic_control = CriticControl()  # the critic's EV against MC values: blend weight, warm-up
-        self._pretrain_mc_rounds = 0  # Monte-Carlo draws of value pretraining (their generator's seed)
         mc = cfg.algo.mc_values
         if self.dist.enabled and (cfg.algo.advantage.estimator == "vine" or mc.rl_targets or mc.pretrain_targets):
             raise ConfigError("Monte-Carlo values of the training answers are drawn in one process only",
@@ -583,7 +582,9 @@ class Trainer:
         return m
 
     # ---------------------------------------------------------------- Monte-Carlo values of training answers
-    def _draw_mc(self, exp: Experience, seed_offset: int) -> MCBatch:
+    def draw_mc(self, exp: Experience, seed_offset: int) -> MCBatch:
+        """Monte-Carlo values at ``algo.mc_values.points`` of each answer of ``exp``, with a generator
+        seeded by the run's seed and ``seed_offset``."""
         mc = self.cfg.algo.mc_values
         self.policy.eval()
         return draw_mc_values(self.policy, self.tokenizer, self.task, exp, self.settings, points=mc.points,
@@ -598,7 +599,7 @@ class Trainer:
         c = self.cfg.algo
         if c.advantage.estimator != "vine" and not c.mc_values.rl_targets:
             return None
-        return self._draw_mc(exp, self.iteration)
+        return self.draw_mc(exp, self.iteration)
 
     # ---------------------------------------------------------------- the critic probe
     def draw_probe(self, seed_offset: int = 0) -> ProbeSet | None:

@@ -45,6 +45,7 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         s["critic_control"] = trainer.critic_control.state_dict()
     return s
 
+
 def _full_models(trainer: Trainer, **models: Any) -> dict[str, Any]:
     """The models as plain (unsharded) modules, for saving: themselves in a single process;
     under torchrun unsharded copies on rank 0 (the full weights gathered: a collective, every
@@ -54,11 +55,13 @@ def _full_models(trainer: Trainer, **models: Any) -> dict[str, Any]:
     full = {name: trainer.dist.full_model_state(m) for name, m in models.items()}
     return {name: unsharded_copy(m, full[name]) for name, m in models.items()} if trainer.dist.is_writer else {}
 
+
 def save_models(trainer: Trainer, directory: Path, **models: Any) -> None:
     """``save_pretrained`` of each model into directory/<name>: under torchrun the full weights
     are gathered and rank 0 writes them (a collective: every process calls this)."""
     for name, m in _full_models(trainer, **models).items():
         m.save_pretrained(directory / name)
+
 
 def save_checkpoint(trainer: Trainer) -> Path:
     """Write checkpoints/step_<iteration> (models as safetensors, the rest as plain data read
@@ -83,7 +86,11 @@ def save_checkpoint(trainer: Trainer) -> Path:
     trainer.dist.barrier()
     return final
 
+
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
+    """Restore ``trainer`` from the checkpoint at ``path`` (every file checked against its manifest
+    first): models laid out in memory as the saving run had them, optimizers, schedulers, random
+    streams, exploration and critic-control state, so the run continues exactly."""
     s = ckpt.load_state(path)  # checks every file against the manifest first; weights_only=True
     trainer.policy, trainer.tokenizer = load_policy_and_tokenizer(path / "policy")
     trainer.policy.to(trainer.device)

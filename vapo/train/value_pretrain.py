@@ -57,6 +57,7 @@ def pretrain_value(trainer: Trainer, ui: UI, flag: StopFlag) -> list[dict[str, A
 
     q = trainer.probe_critic(probe)
     log({"phase": "value_pretrain", "step": 0, "gradient_steps": 0, "probe_seconds": probe_seconds, **q})
+
     def snapshot() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # weights with their Adam moments
         return (copy.deepcopy(trainer.critic.state_dict()), copy.deepcopy(trainer.critic_opt.state_dict()),
                 copy.deepcopy(trainer.critic_sched.state_dict()))
@@ -72,7 +73,7 @@ def pretrain_value(trainer: Trainer, ui: UI, flag: StopFlag) -> list[dict[str, A
         _, exp.returns = masked_gae(exp.token_rewards, exp.values, exp.response_mask, gamma=trainer.cfg.algo.advantage.gamma, lam=1.0)
         ev_batch = float(explained_variance(exp.values, exp.returns, exp.response_mask))
         if trainer.cfg.algo.mc_values.pretrain_targets:  # Monte-Carlo values at points of each answer instead
-            _pretrain_mc_targets(trainer, exp)
+            _pretrain_mc_targets(trainer, exp, step)
         st = trainer.update_critic(exp, epochs=cc.pretrain_epochs, minibatch_size=cc.pretrain_minibatch_size)
         grad_steps += cc.pretrain_epochs * math.ceil(len(exp) / cc.pretrain_minibatch_size)
         q = trainer.probe_critic(probe)
@@ -106,14 +107,14 @@ def pretrain_value(trainer: Trainer, ui: UI, flag: StopFlag) -> list[dict[str, A
     return history
 
 
-def _pretrain_mc_targets(trainer: Trainer, exp: Experience) -> None:
-    """Value pretraining with ``algo.mc_values.pretrain_targets``: ``exp.returns`` become the
-    Monte-Carlo targets (vapo.algos.pathways.mc_value_targets); the draw's cost goes to events.jsonl."""
-    trainer._pretrain_mc_rounds += 1
-    mc = trainer._draw_mc(exp, 500_000 + trainer._pretrain_mc_rounds)
+def _pretrain_mc_targets(trainer: Trainer, exp: Experience, round_: int) -> None:
+    """Value pretraining round ``round_`` (1, 2, ...) with ``algo.mc_values.pretrain_targets``:
+    ``exp.returns`` become the Monte-Carlo targets (vapo.algos.pathways.mc_value_targets), drawn
+    with a generator seeded by the round; the draw's cost goes to events.jsonl."""
+    mc = trainer.draw_mc(exp, 500_000 + round_)
     exp.returns = mc.targets(exp.token_rewards, exp.response_mask)
     if trainer.dist.is_writer:
-        append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "value_pretrain_mc", "round": trainer._pretrain_mc_rounds,
+        append_jsonl(trainer.run_dir / "events.jsonl", {"phase": "value_pretrain_mc", "round": round_,
                                                      **mc.metrics(), "time": time.time()})
 
 
