@@ -49,11 +49,12 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _cell_files(out: Path) -> dict[tuple[str, int], tuple[Path, Path]]:
-    """{(variant, seed): (eval file, metrics file)}: run directories first, then metrics/*.gz."""
+    """{(variant, seed): (eval file, metrics file)}: finished run directories first, then metrics/*.gz."""
     found: dict[tuple[str, int], tuple[Path, Path]] = {}
     for d in sorted(out.iterdir()) if out.is_dir() else []:
         m = CELL.match(d.name)
-        if m and (d / "eval.jsonl").is_file() and (d / "metrics.jsonl").is_file():
+        # summary.json is written when a run ends: a run still in progress is left out
+        if m and all((d / f).is_file() for f in ("eval.jsonl", "metrics.jsonl", "summary.json")):
             found[(m["variant"], int(m["seed"]))] = (d / "eval.jsonl", d / "metrics.jsonl")
     mdir = out / "metrics"
     for f in sorted(mdir.glob("*.eval.jsonl.gz")) if mdir.is_dir() else []:

@@ -30,6 +30,7 @@ def _cell(out, name, p1, p8, long1, entropies, gz=False):
         (out / name).mkdir()
         _write(out / name / "eval.jsonl", evals)
         _write(out / name / "metrics.jsonl", metrics)
+        (out / name / "summary.json").write_text("{}")
 
 
 def test_pairs_each_mechanism_with_its_base_and_corrects_over_the_family(tmp_path, capsys, load_script):
@@ -43,6 +44,8 @@ def test_pairs_each_mechanism_with_its_base_and_corrects_over_the_family(tmp_pat
         _cell(tmp_path, f"vapo_x_0.02-s{s}", mech[s], 0.95, 0.2, [1.0] * 18 + [0.2, 0.4], gz)
         _cell(tmp_path, f"vapo_y-s{s}", other[s], 0.85, 0.1, [0.3] * 20, gz)
     _cell(tmp_path, "grpo_z-s0", 0.5, 0.5, 0.5, [0.1])  # base absent: not a planned pair
+    _cell(tmp_path, "vapo_y-s3", 0.9, 0.9, 0.9, [0.1])
+    (tmp_path / "vapo_y-s3" / "summary.json").unlink()  # still running: left out
     t = et.table(tmp_path)
     assert t["variants"] == ["grpo_z", "vapo", "vapo_x_0.02", "vapo_y"]
     rows = t["pairs"]["pass1"]
