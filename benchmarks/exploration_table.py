@@ -2,7 +2,7 @@
 without it, paired by seed, Holm-corrected.
 
 Reads, per cell (``<variant>-s<seed>``), the final evaluation (eval.jsonl: held-out pass@1 and
-pass@k, the long split's pass@1) and the training metrics (metrics.jsonl: the entropy of the last
+pass@k, the long split's pass@1 and pass@k) and the training metrics (metrics.jsonl: the entropy of the last
 10% of iterations), from the run directories of a grid's ``--out`` or from the
 ``metrics/<cell>.eval.jsonl.gz`` / ``<cell>.jsonl.gz`` files that `vapo compare` commits beside
 its report. A variant's base is the preset it extends, named by the first word of its name
@@ -39,7 +39,8 @@ from vapo.stats import holm, paired  # noqa: E402
 CELL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 # (key, label, scale): pass rates are printed in points (×100), entropy in nats per token
 METRICS = [("pass1", "held-out pass@1", 100.0), ("passk", "held-out pass@{k}", 100.0),
-           ("long", "long split pass@1", 100.0), ("entropy", "final entropy (nats/token)", 1.0)]
+           ("long", "long split pass@1", 100.0), ("long_passk", "long split pass@{k}", 100.0),
+           ("entropy", "final entropy (nats/token)", 1.0)]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -66,7 +67,7 @@ def _cell_files(out: Path) -> dict[tuple[str, int], tuple[Path, Path]]:
 
 
 def cell_values(eval_file: Path, metrics_file: Path, k: int) -> dict[str, Any]:
-    """The final evaluation's pass@1, pass@k (held-out) and long-split pass@1, and the mean entropy
+    """The final evaluation's pass@1 and pass@k (held-out and long split), and the mean entropy
     of the last 10% of iterations (at least one). A run that did not finish its last evaluation
     gives None for what it lacks."""
     evals = _jsonl(eval_file)
@@ -79,6 +80,7 @@ def cell_values(eval_file: Path, metrics_file: Path, k: int) -> dict[str, Any]:
     tail = ent[-max(1, len(ent) // 10):] if ent else []
     return {"iteration": last_it, "pass1": pk.get("1", held.get("accuracy")), "passk": pk.get(str(k)),
             "long": (long_.get("pass_at_k") or {}).get("1", long_.get("accuracy")),
+            "long_passk": (long_.get("pass_at_k") or {}).get(str(k)),
             "entropy": statistics.fmean(tail) if tail else None,
             "entropy_curve": [(r.get("iteration"), r.get("entropy")) for r in rows if "entropy" in r]}
 

@@ -20,7 +20,7 @@ def _write(path, rows, gz=False):
 def _cell(out, name, p1, p8, long1, entropies, gz=False):
     evals = [{"iteration": 0, "split": "heldout", "accuracy": 0.0, "pass_at_k": {"1": 0.0, "8": 0.0}},
              {"iteration": 10, "split": "heldout", "accuracy": p1, "pass_at_k": {"1": p1, "8": p8}},
-             {"iteration": 10, "split": "long", "accuracy": long1, "pass_at_k": {"1": long1}}]
+             {"iteration": 10, "split": "long", "accuracy": long1, "pass_at_k": {"1": long1, "8": 2 * long1}}]
     metrics = [{"iteration": i + 1, "entropy": e} for i, e in enumerate(entropies)]
     if gz:
         (out / "metrics").mkdir(exist_ok=True)
@@ -66,6 +66,7 @@ def test_pairs_each_mechanism_with_its_base_and_corrects_over_the_family(tmp_pat
     assert t["cells"]["vapo-s0"]["entropy"] == pytest.approx(0.5)
     assert t["pairs"]["entropy"][0]["diffs"] == pytest.approx([-0.2] * 3)
     assert t["pairs"]["passk"][0]["diffs"] == pytest.approx([0.05] * 3)
+    assert t["pairs"]["long_passk"][0]["diffs"] == pytest.approx([0.2] * 3)
     assert et.main([str(tmp_path), "--plot", str(tmp_path / "e.png"), "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
     assert "| vapo_x_0.02 − vapo | 3 | +5.0 / +2.0 / +8.0 | +5.0 |" in out
