@@ -22,7 +22,7 @@ def test_compare_report_renders_in_chromium(micro_compare, tmp_path):
     src = report.read_text()
     n_img = src.count("<img ")
     assert n_img >= 2 and "http://" not in src and "https://" not in src
-    res = diag_browser._run(browser, tmp_path, "--dump-dom", report.as_uri())
+    res = diag_browser._run(browser, tmp_path, "--dump-dom", diag_browser.probed_copy(report).as_uri())
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
     for key in SECTIONS:

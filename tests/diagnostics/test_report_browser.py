@@ -53,6 +53,23 @@ def _run(browser, tmp_path, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+# Marks, once the page has loaded, how many images decoded (naturalWidth > 0), so that
+# --dump-dom shows it. Injected into a copy of the report: the shipped page carries no test code.
+PROBE = """<script>window.addEventListener('load',function(){var im=document.images,ok=0;
+for(var i=0;i<im.length;i++){var g=im[i].complete&&im[i].naturalWidth>0;im[i].setAttribute('data-decoded',g?'yes':'no');if(g)ok++;}
+var d=document.createElement('div');d.id='img-status';d.setAttribute('data-loaded',ok);d.setAttribute('data-total',im.length);
+d.textContent='images decoded: '+ok+'/'+im.length;document.body.appendChild(d);});</script>"""
+
+
+def probed_copy(report):
+    """A copy of ``report`` beside it (relative links keep working) with PROBE before </head>."""
+    src = report.read_text()
+    assert src.count("</head>") == 1 and "<script" not in src, "the report should ship no script"
+    copy = report.with_name(report.stem + ".probe.html")
+    copy.write_text(src.replace("</head>", PROBE + "</head>"))
+    return copy
+
+
 def test_report_renders_every_section_and_image(browser, micro_runs, tmp_path):
     run, _ = micro_runs["vapo"]
     report = run / "diagnostics" / "step_2" / "report.html"
@@ -61,7 +78,7 @@ def test_report_renders_every_section_and_image(browser, micro_runs, tmp_path):
     assert n_img >= len(SECTIONS)
     assert "http://" not in src and "https://" not in src  # self-contained: readable offline
 
-    res = _run(browser, tmp_path, "--dump-dom", report.as_uri())
+    res = _run(browser, tmp_path, "--dump-dom", probed_copy(report).as_uri())
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
     for key, title, _ in SECTIONS:

@@ -361,47 +361,16 @@ def render_markdown(res: dict[str, Any], plots: list[str], link_base: Path) -> s
     return "\n".join(out)
 
 
-_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>vapo compare: {{ res.name }}</title>
-<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:1500px}table{border-collapse:collapse;margin:8px 0 18px}
-td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}
-.quick{background:#fff3cd;padding:6px}img{max-width:100%;display:block;margin:8px 0}li{font-size:13px}</style>
-<script>window.addEventListener('load',function(){var im=document.images,ok=0;
-for(var i=0;i<im.length;i++){var g=im[i].complete&&im[i].naturalWidth>0;im[i].setAttribute('data-decoded',g?'yes':'no');if(g)ok++;}
-var d=document.createElement('div');d.id='img-status';d.setAttribute('data-loaded',ok);d.setAttribute('data-total',im.length);
-d.textContent='images decoded: '+ok+'/'+im.length;document.body.appendChild(d);});</script></head><body>
-<h1>vapo compare: {{ res.name }}</h1>
-{% for line in intro %}<p{% if line.startswith("**Reduced") %} class="quick"{% endif %}>{{ line }}</p>{% endfor %}
-{% macro table(head, rows) %}<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for r in rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
-{% if s.evidence %}<section id="sec-evidence"><h2>Evidence</h2><ul>{% for line in s.evidence %}<li>{{ line }}</li>{% endfor %}</ul></section>{% endif %}
-<section id="sec-variants"><h2>Variants</h2>{{ table(var_head, s.variants) }}
-<p>{{ variant_note }}</p></section>
-<section id="sec-curves"><h2>Learning curves</h2><img alt="learning curves" src="{{ img['curves.png'] }}"></section>
-<section id="sec-sizes"><h2>Accuracy by problem size</h2>{% for split, head, rows in s.size_tables %}<h3>{{ split }} (%)</h3>{{ table(head, rows) }}{% endfor %}
-<img alt="accuracy by size" src="{{ img['by_size.png'] }}"></section>
-<section id="sec-pairs">{% for split, rows in s.pairs.items() %}<h2>Pairs, paired by seed: final {{ split }} accuracy (points)</h2>{{ table(pair_head, rows) }}{% endfor %}
-<p>{{ pair_note }}</p></section>
-{% if s.ablation %}<section id="sec-ablation"><h2>Ablations beside the paper</h2>{{ table(abl_head, s.ablation) }}
-<p>Our drop is vapo − ablation on the held-out split, paired by seed. Spearman rank correlation between our mean drops and the paper's: ρ = {{ rho_text }}</p>
-<img alt="ablation drops" src="{{ img['ablation.png'] }}"></section>{% endif %}
-<section id="sec-paper"><h2>The papers' numbers (AIME24 avg@32, Qwen2.5-32B)</h2><p>VAPO 60.4, DAPO 50, PPO 5.</p>
-{{ table(["DAPO's cumulative table", "AIME24"], res.paper.dapo_cumulative) }}</section>
-<section id="sec-diagnose"><h2>vapo diagnose (final checkpoint, one seed per variant)</h2>
-{% for d in s.diagnose %}<h3 id="diag-{{ d.variant }}">{{ d.variant }} — seed {{ d.seed }}, step {{ d.step }} (<a href="{{ d.link }}">report</a>)</h3>
-<ul>{% for t, line in d.findings %}<li><b>{{ t }}</b>: {{ line }}</li>{% endfor %}</ul>{% endfor %}
-{% if s.not_diagnosed %}<p>Not diagnosed: {{ s.not_diagnosed|join(", ") }}</p>{% endif %}</section>
-</body></html>"""
-
-
 def render_html(res: dict[str, Any], plots: dict[str, bytes], link_base: Path) -> str:
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vapo.compare", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
     img = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in plots.items()}
     rho = res["ablation"]["spearman"] or {}
     rho_text = (f"{_num(rho.get('rho'), '{:+.3f}')}, p = {_num(rho.get('p'), '{:.3f}')}, n = {rho.get('n')}"
                 + (f" ({rho['note']})" if rho.get("note") else ""))
-    return env.from_string(_HTML).render(
+    return env.get_template("compare.html.j2").render(
         res=res, s=_sections(res, link_base), intro=_intro(res), img=img, var_head=[h for _, h in COLUMNS],
         pair_head=PAIR_HEAD, abl_head=ABL_HEAD, rho_text=rho_text, pair_note=PAIR_NOTE,
         variant_note=VARIANT_NOTE.format(methods="; ".join(_sections(res, link_base)["methods"]) or "n/a"))
