@@ -7,6 +7,7 @@ from toys import L_MAX, FixedDist, ToyTask, true_values_matrix
 
 from vapo.config import AdvantageConfig
 from vapo.diagnostics.advantage import advantage_report, estimator_advantages
+from vapo.diagnostics.advantage import finding as adv_finding
 from vapo.diagnostics.common import (
     bucket_labels,
     bucket_of,
@@ -84,3 +85,30 @@ def test_critic_free_reports_group_estimators_only(probed):
     batch, truth, rows, ts, rel, K, mc = probed
     advs = estimator_advantages(batch, None, AdvantageConfig(gamma=1.0, alpha=0.5))
     assert set(advs) == {"grpo", "dr_grpo", "rloo"}
+
+
+@pytest.mark.parametrize("estimator", ["gae_mc_anchored", "gae_error_aware"])
+def test_the_runs_value_pathway_is_compared_beside_gae(probed, estimator):
+    """A run trained with a value pathway has its own estimator in the table, computed by the
+    registry on the same critic values, rewards and groups; "gae" runs and critic-free runs do not."""
+    from vapo.algos.advantages import AdvantageInput, get_advantage_estimator
+    from vapo.algos.shaping import scores_to_token_rewards
+    from vapo.train.adapter import advantage_params
+
+    batch, truth, rows, ts, rel, K, mc = probed
+    cfg = AdvantageConfig(gamma=1.0, alpha=0.5, estimator=estimator)
+    values = truth.float() * 0.5 + 0.1  # a biased critic, so the pathway has something to change
+    advs = estimator_advantages(batch, values, cfg)
+    mask = batch.response_mask.double()
+    direct = get_advantage_estimator(estimator)(AdvantageInput(
+        token_rewards=scores_to_token_rewards(batch.scores.double(), mask), response_mask=mask,
+        values=values.double() * mask, scores=batch.scores.double(), group_index=batch.group_index),
+        advantage_params(cfg)).advantages.double()
+    assert torch.equal(advs[f"run: {estimator}"], direct)
+    assert not torch.allclose(direct, advs["adaptive"])  # not a copy of plain GAE
+    a_mc, noise = mc.mean[K:] - mc.mean[:K], mc.var_mean[K:] + mc.var_mean[:K]
+    rep = advantage_report(advs, rows, ts, a_mc, noise, bucket_of(batch.lengths.numpy()[rows], EDGES), LABELS)
+    assert np.isfinite(rep["estimators"][f"run: {estimator}"]["all"]["mse"]["value"])
+    assert f"{estimator} MSE " in adv_finding(rep, has_critic=True)
+    assert not any(k.startswith("run:") for k in estimator_advantages(batch, values, AdvantageConfig(gamma=1.0, alpha=0.5)))
+    assert set(estimator_advantages(batch, None, cfg)) == {"grpo", "dr_grpo", "rloo"}

@@ -13,11 +13,14 @@ Estimators: masked GAE (Schulman et al. 2016, eq. 16; vapo.algos.masked_gae) wit
 critic for λ ∈ {0, 0.5, 0.9, 0.95, 0.99, 1} and for the length-adaptive λ = 1 − 1/(α·l)
 (VAPO §3, eq. 7; vapo.algos.adaptive_lambda); and the critic-free group estimators GRPO, Dr. GRPO
 and RLOO (vapo.algos registry), whose scale differs from A^π, so only their correlation is
-comparable. "Best λ" per length bucket = the smallest noise-corrected MSE.
+comparable; and the run's own estimator where it is none of these (a value pathway such as
+``gae_error_aware`` or ``gae_mc_anchored``, key "run: <name>"), on the same critic values. "Best λ"
+per length bucket = the smallest noise-corrected MSE.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +41,8 @@ from vapo.train.adapter import advantage_params
 
 LAMBDAS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
 GROUP_ESTIMATORS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
+# run estimators that read only critic values, rewards and groups, so the diagnostics can compare them
+RUN_ESTIMATORS: tuple[str, ...] = ("gae_error_aware", "gae_mc_anchored")
 
 
 def _mse(d: np.ndarray, noise: np.ndarray) -> float:
@@ -64,7 +69,10 @@ def estimator_advantages(batch: Any, values: torch.Tensor | None, adv: Advantage
     Args: batch: an :class:`vapo.train.batch.Experience`; values [B, T] the critic's V(s_t)
         (None in a critic-free run: only the group estimators are computed); adv: the run's
         ``algo.advantage`` (γ, α of the adaptive λ, ε of the group z-score).
-    Keys: "λ=0", ..., "λ=1", "adaptive" (when values is given), "grpo", "dr_grpo", "rloo".
+    Keys: "λ=0", ..., "λ=1", "adaptive" (when values is given), "grpo", "dr_grpo", "rloo", and
+    "run: <estimator>" when the run's estimator is another one that reads only these inputs
+    (critic values, rewards, groups: the value pathways ``gae_error_aware``, ``gae_mc_anchored``).
+    Estimators that need Monte-Carlo points (``vine``) or a critic the run lacks are left out.
     """
     gamma = adv.gamma
     mask = batch.response_mask.double()
@@ -81,6 +89,9 @@ def estimator_advantages(batch: Any, values: torch.Tensor | None, adv: Advantage
                          group_index=batch.group_index)
     for name in GROUP_ESTIMATORS:
         out[name] = get_advantage_estimator(name)(inp, advantage_params(adv)).advantages.double()
+    if adv.estimator not in ("gae", *GROUP_ESTIMATORS) and adv.estimator in RUN_ESTIMATORS and values is not None:
+        run_inp = replace(inp, values=values.double() * mask)
+        out[f"run: {adv.estimator}"] = get_advantage_estimator(adv.estimator)(run_inp, advantage_params(adv)).advantages.double()
     return out
 
 
@@ -123,4 +134,7 @@ def finding(report: dict[str, Any], has_critic: bool) -> str:
     ad = est.get("adaptive", {}).get("all", {})
     ad_txt = f"; adaptive λ corr {ad['correlation']['value']:+.2f}" if ad else ""
     overall = best.get("all", {}).get("estimator", "n/a")
-    return f"lowest-MSE λ overall {overall}; by length {', '.join(per) or 'n/a'}{ad_txt}"
+    run = [n for n in est if n.startswith("run: ")]
+    run_txt = "".join(f"; {n.removeprefix('run: ')} MSE {est[n]['all']['mse']['value']:.4f} vs adaptive GAE "
+                      f"{ad.get('mse', {}).get('value', math.nan):.4f}" for n in run)
+    return f"lowest-MSE λ overall {overall}; by length {', '.join(per) or 'n/a'}{ad_txt}{run_txt}"

@@ -105,7 +105,7 @@ def _plots_advantage(r: dict[str, Any], labels: list[str]) -> list[tuple[str, st
 
     est = r["estimators"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
-    gae = [n for n in est if n.startswith("λ=") or n == "adaptive"]
+    gae = [n for n in est if n.startswith(("λ=", "run: ")) or n == "adaptive"]
     if gae:
         for key in ["all", *labels]:
             ds = [est[n].get(key, {}).get("mse", {"value": math.nan}) for n in gae]
