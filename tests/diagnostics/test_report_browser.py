@@ -102,6 +102,6 @@ def test_a_broken_image_is_detected(browser, micro_runs, tmp_path):
     src = (run / "diagnostics" / "step_2" / "report.html").read_text()
     broken = tmp_path / "broken.html"
     broken.write_text(src.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAAA", 1))
-    dom = _run(browser, tmp_path, "--dump-dom", broken.as_uri()).stdout
+    dom = _run(browser, tmp_path, "--dump-dom", probed_copy(broken).as_uri()).stdout
     loaded, total = map(int, re.search(r'data-loaded="(\d+)" data-total="(\d+)"', dom).groups())
     assert loaded == total - 1
