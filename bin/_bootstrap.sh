@@ -8,7 +8,8 @@ PY="${PYTHON:-python3}"
 STAMP="$VENV/.vapo-installed"
 # Extras installed with the package: everything the test suite exercises (~0.6 GB beyond torch).
 # The verl extra is not among them: verl 0.9 pins transformers < 5.11, so it gets an environment
-# of its own (docs/verl.md), and its tests say they are skipped where verl is absent.
+# of its own (bin/_verl_env.sh, run by bin/test-verl; docs/verl.md), and here its tests say they
+# are skipped where verl is absent.
 EXTRAS="dev,math,hf,data,logging,gym"
 WANT="$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
