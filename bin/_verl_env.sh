@@ -72,8 +72,12 @@ vapo_verl_env() {
     'import importlib.util as u, os; s = u.find_spec("vapo"); print(os.path.realpath(os.path.dirname(os.path.dirname(s.origin))) if s else "")')" \
     || { _verl_fail "could not run $VERL_VENV/bin/python"; return 1; }
   if [ "$where" != "$root" ]; then
+    # Built with the environment's own setuptools when it has one recent enough: no download.
+    local iso=()
+    if "$VERL_VENV/bin/python" -c 'import setuptools as s, sys; sys.exit(int(s.__version__.split(".")[0]) < 68)' \
+        2>/dev/null; then iso=(--no-build-isolation); fi
     _verl_step "point the editable vapo at $root (was ${where:-none}): pip install --no-deps -e" \
-      "${pip[@]}" --no-deps -e "$root" || return 1
+      "${pip[@]}" "${iso[@]}" --no-deps -e "$root" || return 1
   fi
   _verl_log "ready: $VERL_VENV ($((SECONDS - t0)) s in all)"
 }

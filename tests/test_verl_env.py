@@ -106,7 +106,8 @@ def test_another_checkout_only_repoints_the_editable_install(tmp_path):
     assert s.run().returncode == 0
     r = s.run(vapo_here=False)  # the environment imports some other checkout's vapo (or none)
     assert r.returncode == 0, r.stderr
-    assert s.calls() == [f"pip install -q --disable-pip-version-check --no-deps -e {s.root.resolve()}"]
+    (call,) = s.calls()  # the cheap step only (with --no-build-isolation where setuptools is there)
+    assert call.startswith("pip install -q") and call.endswith(f" --no-deps -e {s.root.resolve()}"), call
 
 
 def test_a_changed_pyproject_reinstalls_into_the_same_environment(tmp_path):
