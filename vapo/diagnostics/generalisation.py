@@ -19,9 +19,15 @@ GEN_SPLITS = ("train", "heldout", "long")
 
 
 def pick_checkpoints(found: list[tuple[int, Path]], max_n: int, must: int | None = None) -> list[tuple[int, Path]]:
-    """At most ``max_n`` checkpoints spread over the run, always the first, the last and ``must``."""
+    """At most ``max_n`` (≥ 1) checkpoints spread evenly over the run. ``must`` (the diagnosed step)
+    is always among them, else the last; with ``max_n`` ≥ 2 the first is too (``must`` takes the
+    last one's place when the spread misses it)."""
+    if max_n < 1:
+        raise ValueError(f"max_n={max_n}: at least one checkpoint is evaluated")
     if len(found) <= max_n:
         return found
+    if max_n == 1:
+        return [c for c in found if c[0] == must] or found[-1:]
     idx = {0, len(found) - 1}
     idx |= {round(i * (len(found) - 1) / (max_n - 1)) for i in range(max_n)}
     keep = [found[i] for i in sorted(idx)][: max_n]
