@@ -89,9 +89,9 @@ def estimator_advantages(batch: Any, values: torch.Tensor | None, adv: Advantage
                          group_index=batch.group_index)
     for name in GROUP_ESTIMATORS:
         out[name] = get_advantage_estimator(name)(inp, advantage_params(adv)).advantages.double()
-    if adv.estimator not in ("gae", *GROUP_ESTIMATORS) and adv.estimator in RUN_ESTIMATORS and values is not None:
-        run_inp = replace(inp, values=values.double() * mask)
-        out[f"run: {adv.estimator}"] = get_advantage_estimator(adv.estimator)(run_inp, advantage_params(adv)).advantages.double()
+    if values is not None and adv.estimator in RUN_ESTIMATORS:  # v: the masked critic values of the GAE rows
+        out[f"run: {adv.estimator}"] = get_advantage_estimator(adv.estimator)(
+            replace(inp, values=v), advantage_params(adv)).advantages.double()
     return out
 
 
