@@ -10,12 +10,7 @@ directories, compared paired by seed (vapo.stats) and set beside the papers' num
     report.py     terminal table, compare.json, compare.md, compare.html
 """
 
+from vapo.compare.cli import run_compare
 from vapo.compare.grid import Cell, Grid, Variant, load_grid
 
 __all__ = ["Cell", "Grid", "Variant", "load_grid", "run_compare"]
-
-
-def run_compare(*args, **kwargs):  # noqa: ANN002, ANN003 (see vapo.compare.cli.run_compare)
-    from vapo.compare.cli import run_compare as _run
-
-    return _run(*args, **kwargs)

@@ -29,6 +29,7 @@ from typing import Any
 from vapo.compare.grid import BASELINE_PRESETS, Grid
 from vapo.compare.paper import ABLATIONS, DAPO_CUMULATIVE, PAPER_SCORES, VAPO_SCORE, paper_drop
 from vapo.compare.runner import CellPlan
+from vapo.diagnostics.report import findings
 from vapo.stats import (
     bootstrap_mean_ci,
     holm,
@@ -39,6 +40,7 @@ from vapo.stats import (
     welch_p,
     wilson,
 )
+from vapo.train.rundir import read_jsonl
 
 COLLAPSE_DROP = 0.10  # a final held-out accuracy this far below the warm start's is a collapse
 EV_TAIL = 0.1  # training EV is averaged over the last 10% of iterations
@@ -48,8 +50,6 @@ OLD_EVAL_SEED = 1234  # every seed's evaluation set before sets were drawn per s
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    from vapo.train.rundir import read_jsonl
-
     return read_jsonl(path)
 
 
@@ -474,8 +474,6 @@ def evidence(recs: list[dict[str, Any]], variants: dict[str, Any], pairs: list[d
 
 def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | None = None) -> dict[str, Any]:
     """The compare results (JSON-ready)."""
-    from vapo.diagnostics.report import findings
-
     diagnostics = diagnostics or {}
     recs = [cell_record(p) for p in plans]
     dapo = next((v.name for v in grid.variants if v.name == "dapo"), None) or next(

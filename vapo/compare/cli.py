@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from vapo.compare.grid import load_grid
 from vapo.errors import VapoError
 
 console = Console()
@@ -23,10 +24,10 @@ def run_compare(grid_path: str | Path, *, jobs: int = 1, quick: bool = False, ou
     """Run (or continue) a grid and write its reports; returns the results, or None when interrupted.
 
     Every cell's config is validated before any directory is created or any cell starts."""
-    from vapo.compare.aggregate import aggregate
-    from vapo.compare.grid import load_grid
-    from vapo.compare.report import print_terminal, write_outputs
-    from vapo.compare.runner import diagnose_runs, run_cells
+    # lazy: torch, so that a bad grid is refused before it loads
+    from vapo.compare.aggregate import aggregate  # lazy: torch
+    from vapo.compare.report import print_terminal, write_outputs  # lazy: torch
+    from vapo.compare.runner import diagnose_runs, run_cells  # lazy: torch
 
     if jobs < 1:
         raise VapoError(f"--jobs must be ≥ 1, got {jobs}", where="vapo compare --jobs", fix="pass --jobs 1 or more")

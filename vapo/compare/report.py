@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vapo.compare.aggregate import SPLITS, size_key
+import jinja2
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from vapo.compare.aggregate import SPLITS, reaggregate, size_key
+from vapo.compare.grid import load_grid
 from vapo.stats import fmt_ci
 
 
@@ -146,9 +152,6 @@ def evidence_lines(res: dict[str, Any]) -> list[str]:
 
 
 def print_terminal(res: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     # Redirected to a file (a log, CI), rich would squeeze the columns into 80 characters.
     console = Console() if sys.stdout.isatty() else Console(width=260)
     thr = res["threshold"]
@@ -177,7 +180,7 @@ def print_terminal(res: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------- plots
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
@@ -187,11 +190,10 @@ def _png(fig: Any) -> bytes:
 
 def make_plots(res: dict[str, Any]) -> dict[str, bytes]:
     """{file name: PNG bytes}: learning curves with CI bands, accuracy by size, ablation drops."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s to import), for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     out: dict[str, bytes] = {}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
@@ -362,8 +364,6 @@ def render_markdown(res: dict[str, Any], plots: list[str], link_base: Path) -> s
 
 
 def render_html(res: dict[str, Any], plots: dict[str, bytes], link_base: Path) -> str:
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.PackageLoader("vapo.compare", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     img = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in plots.items()}
@@ -394,14 +394,10 @@ def regenerate(results_dir: str | Path) -> dict[str, Any]:
     """Re-derive a committed report (compare.json, .md, .html, plots) from its compare.json and the
     compact metrics beside it (``metrics/``), with the current statistics; no run directory needed.
     ``python -m vapo.compare.report DIR...``."""
-    from vapo.compare.aggregate import reaggregate
-
     results_dir = Path(results_dir)
     old = json.loads((results_dir / "compare.json").read_text())
     budget = None
     try:  # problems per seed and answers per problem, for cells written before compare.json kept them
-        from vapo.compare.grid import load_grid
-
         cfg = load_grid(old["grid"], quick=bool(old.get("quick")), extra_set=old.get("extra_set") or ()).cells[0].config
         budget = (cfg.eval.prompts, cfg.eval.samples)
     except Exception:  # noqa: BLE001 (the grid file moved or changed: the report says n/a)

@@ -19,6 +19,7 @@ so no orphan keeps writing into the grid.
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
 import math
@@ -33,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import vapo
 from vapo.compare.grid import Cell, Grid, check_same_config
 from vapo.errors import VapoError
 from vapo.train.checkpoint import list_checkpoints
+from vapo.train.rundir import read_jsonl
 
 STATUS_FILE = "status.json"
 METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz, .eval.jsonl.gz, .events.jsonl.gz: the curves, small enough to commit
@@ -48,8 +51,6 @@ def _pdeathsig() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
@@ -205,14 +206,6 @@ class Pool:
 
     def run(self, queue: list[Job], on_done: Callable[[Job], None], on_start: Callable[[Job], None] | None = None) -> bool:
         """Run every job (unless interrupted); returns False when interrupted."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         self._running: list[Job] = []
         pending = list(queue)
         preexec = _pdeathsig()
@@ -335,8 +328,6 @@ def write_compact_metrics(run_dir: Path, dest: Path, cell: str) -> dict[str, Pat
     from the repository. The split name of an evaluation is kept. The cell's events.jsonl (warm
     start, value-pretraining rounds with the critic's figures against Monte-Carlo values, the
     fresh-probe critic quality) goes as it is to ``dest/<cell>.events.jsonl.gz``."""
-    from vapo.train.rundir import read_jsonl
-
     dest.mkdir(parents=True, exist_ok=True)
     paths = {}
     for src, name in (("metrics.jsonl", f"{cell}.jsonl.gz"), ("eval.jsonl", f"{cell}.eval.jsonl.gz")):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from vapo.diagnostics.report import findings
 
 
 def diagnose_command(
@@ -24,13 +29,7 @@ def diagnose_command(
     """Measure where value-based RL breaks on a run: critic error, advantage quality (by λ), length
     weighting, exploration and generalisation, against Monte-Carlo ground truth. Writes
     diagnostics.json and a self-contained report.html."""
-    from dataclasses import replace
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from vapo.diagnostics.report import findings
-    from vapo.diagnostics.run import Budget, diagnose
+    from vapo.diagnostics.run import Budget, diagnose  # lazy: torch (vapo.cli imports this module)
 
     budget = Budget.quick() if quick else Budget(prefixes=prefixes, continuations=continuations, batch_prompts=batch_prompts,
                                                  checkpoints=checkpoints, eval_prompts=eval_prompts)

@@ -45,7 +45,7 @@ def findings(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------- plots
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
@@ -70,7 +70,7 @@ def _errorbar(ax: Any, xs: list[Any], ds: list[dict[str, Any]], label: str, offs
 
 
 def _plots_critic(r: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     out = []
     if not r.get("has_critic"):
@@ -101,7 +101,7 @@ def _plots_critic(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _plots_advantage(r: dict[str, Any], labels: list[str]) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     est = r["estimators"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
@@ -126,7 +126,7 @@ def _plots_advantage(r: dict[str, Any], labels: list[str]) -> list[tuple[str, st
 
 
 def _plots_weighting(r: dict[str, Any], labels: list[str]) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     sh, gn = r["shares"], r["grad_norms"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
@@ -145,7 +145,7 @@ def _plots_weighting(r: dict[str, Any], labels: list[str]) -> list[tuple[str, st
 
 
 def _plots_exploration(r: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     s = r["series"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -174,7 +174,7 @@ def _plots_exploration(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _plots_generalisation(r: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
     per = r["checkpoints"]
@@ -268,7 +268,7 @@ def _template(name: str) -> jinja2.Template:
 def render_html(result: dict[str, Any]) -> str:
     """The self-contained report page (templates/report.html.j2, autoescaped): every section of
     SECTIONS with its finding, plots (PNG data URLs) and tables; 'not run' for absent ones."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s to import), for plots only
 
     matplotlib.use("Agg")  # no display needed
     labels = result["length_buckets"]["labels"]

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from vapo.errors import VapoError
 
@@ -42,9 +44,6 @@ def build_char_tokenizer() -> Any:
     ``save_pretrained(dir)`` and load it back with ``AutoTokenizer.from_pretrained(dir)``.
     ``encode(text)`` adds no special tokens; :func:`encode_prompts` adds BOS.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(VOCAB)}, unk_token=UNK))
     # "[\s\S]" rather than "." so that "\n" is isolated too (the regex "." does not match it).
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")

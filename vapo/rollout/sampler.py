@@ -25,12 +25,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from vapo.errors import VapoError
+from vapo.models import decode_responses, encode_prompts
 from vapo.rollout.fast import FastDecoder, fast_path_unsupported_reason
 from vapo.rollout.sampling import draw
 
@@ -213,8 +215,6 @@ class _RowThreads:
     """
 
     def __init__(self, dec: FastDecoder, n: int):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.dec, self.n = dec, n
         self.saved = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -342,8 +342,6 @@ def sample_texts(model: Any, tokenizer: Any, prompts: Sequence[str], **kwargs: A
     ``kwargs`` go to :func:`sample`; ``eos_token_id`` and ``pad_token_id`` default to the tokenizer's.
     Returns the rollout and one text per prompt (cut at EOS, special tokens dropped).
     """
-    from vapo.models import decode_responses, encode_prompts
-
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     if "max_new_tokens" not in kwargs:

@@ -77,7 +77,7 @@ def normalise_answer(s: str) -> str:
 
 def _math_equal(gold: str, pred: str, timeout: float | None = 5.0) -> bool:
     """math_verify's equivalence within ``timeout`` seconds; False when it fails in any way."""
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # optional extra: vapo[math]
 
     main = threading.current_thread() is threading.main_thread()  # its timeouts use SIGALRM
     t = max(1, round(timeout)) if (main and timeout) else None
@@ -115,7 +115,7 @@ def read_rows(path: str | Path, *, where: str = "task.kwargs.path") -> tuple[lis
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional extra: vapo[data]
         except ImportError as e:
             raise ConfigError("reading parquet needs pyarrow", where=where, fix="pip install 'vapo[data]'") from e
         try:
@@ -148,7 +148,7 @@ def read_rows(path: str | Path, *, where: str = "task.kwargs.path") -> tuple[lis
 
 def _read_datasets_dir(p: Path, where: str) -> tuple[list[tuple[str, Any]], list[str], dict[str, Any]]:
     try:
-        import datasets
+        import datasets  # optional extra: vapo[data]
     except ImportError as e:
         raise ConfigError(f"{p} is a directory: reading a saved dataset needs the datasets package", where=where,
                           fix="pip install 'vapo[data]', or point the path at a .jsonl/.parquet file") from e
@@ -197,7 +197,7 @@ class FileTask:
                               where="task.kwargs.verifier", fix=f"use one of: {', '.join(VERIFIERS)}")
         if verifier == "math_verify":
             try:
-                import math_verify  # noqa: F401
+                import math_verify  # noqa: F401  (optional extra: vapo[math])
             except ImportError as e:
                 raise ConfigError("verifier 'math_verify' needs the math-verify package", where="task.kwargs.verifier",
                                   fix="pip install 'vapo[math]', or set task.kwargs.verifier=exact") from e

@@ -51,7 +51,7 @@ def _say(text: str) -> None:
 
 def _reasoning_gym() -> Any:
     try:
-        import reasoning_gym
+        import reasoning_gym  # optional extra: vapo[gym]
     except ImportError as e:
         raise ConfigError("reasoning-gym tasks need the reasoning-gym package", where="task.name",
                           fix="pip install 'vapo[gym]'") from e

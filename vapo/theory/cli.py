@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import jinja2
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from vapo.theory.framework import ExperimentResult, get_experiment, load_experiments
 
@@ -23,9 +26,6 @@ def theory_command(
     Writes OUT/NAME/results.json and PNG plots and prints the verdict line; 'all' also writes
     OUT/index.html with every experiment's claim, hypothesis, decision rule, verdict and plots.
     """
-    from rich.console import Console
-    from rich.markup import escape
-
     console = Console()
     exps = load_experiments()
     if name == "list":
@@ -50,8 +50,6 @@ def write_html(results: list[ExperimentResult], path: Path) -> Path:
     """One self-contained page (templates/index.html.j2, autoescaped; PNGs embedded as base64)
     with every experiment's claim, hypothesis, decision rule, verdict, deciding numbers, seed,
     sizes and timing."""
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.PackageLoader("vapo.theory", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     rows = [{

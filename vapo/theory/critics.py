@@ -12,7 +12,7 @@ import torch
 
 from vapo.algos import masked_gae
 from vapo.errors import unknown_name_error
-from vapo.theory.mdp import TokenMDP, sample
+from vapo.theory.mdp import TokenMDP, action_probs, sample
 
 BIAS_PROFILES = ("none", "offset", "distance", "rm_like")
 
@@ -89,8 +89,6 @@ def fit_critic(mdp: TokenMDP, logits: np.ndarray, init: np.ndarray, lam, iters: 
     Returns {iteration: V̂ [K, L+1, M1]} (iteration 0 = init, plus each checkpoint), or
     {λ: that dict} when `lam` is a list.
     """
-    from vapo.theory.mdp import action_probs
-
     lams = list(lam) if isinstance(lam, (list, tuple)) else [lam]
     tables, ws, snaps = [], [], []
     for _ in lams:

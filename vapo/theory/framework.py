@@ -215,17 +215,17 @@ def write_results_json(path: Path, data: dict) -> Path:
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)):
     """A matplotlib figure on the Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s to import), for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     fig, ax = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
     return fig, ax
 
 
 def save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

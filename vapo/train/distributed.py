@@ -30,12 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers import AutoModel, AutoModelForCausalLM
 
 from vapo.errors import ConfigError, VapoError
+from vapo.models import Critic
+from vapo.train.batch import micro_batches as split_micro_batches
 
 _CURRENT: Dist | None = None
 
@@ -121,9 +126,7 @@ class Dist:
         same number of forward/backward passes (FSDP2 gathers weights in each), and together they
         cover every row once.
         """
-        from vapo.train.batch import micro_batches
-
-        groups = micro_batches(exp, max_tokens)
+        groups = split_micro_batches(exp, max_tokens)
         if not self.enabled:
             return groups
         while len(groups) % self.world:
@@ -183,7 +186,7 @@ class Dist:
         factor 1): the trainer's token weights already carry the global minibatch's normalisers."""
         if not self.enabled:
             return model
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # lazy: FSDP2 (~1 s), torchrun only
 
         for layer in _decoder_layers(model):
             fully_shard(layer)
@@ -206,7 +209,7 @@ class Dist:
         return fn(model, *args, **kwargs) if root is None else root(fn, *args, **kwargs)
 
     def _fsdp_modules(self, model: Any) -> list[Any]:
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # lazy: FSDP2 (~1 s), torchrun only
 
         root = self._roots.get(id(model))
         return [] if root is None else [m for m in root.modules() if isinstance(m, FSDPModule)]
@@ -232,7 +235,10 @@ class Dist:
         """The full (unsharded) state dict of ``model`` on CPU, on every process."""
         if not self.enabled:
             return model.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP2 (~1 s), torchrun only
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -243,7 +249,7 @@ class Dist:
             # (no state yet: the parameter-free state_dict() is already world-independent, and
             # get_optimizer_state_dict would initialise the state by a zero step, which counts in Adam)
             return opt.state_dict() if self.is_writer else {}
-        from torch.distributed.checkpoint.state_dict import (
+        from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP2 (~1 s), torchrun only
             StateDictOptions,
             get_optimizer_state_dict,
         )
@@ -261,7 +267,7 @@ class Dist:
         if not self.enabled or not state["state"]:
             opt.load_state_dict(state)
             return
-        from torch.distributed.checkpoint.state_dict import (
+        from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP2 (~1 s), torchrun only
             StateDictOptions,
             set_optimizer_state_dict,
         )
@@ -279,10 +285,6 @@ class Dist:
 def unsharded_copy(model: Any, state: dict[str, torch.Tensor], *, check: bool = True) -> Any:
     """A plain (unsharded, CPU) copy of a policy or critic holding ``state``: what rank 0 saves.
     ``check=False``: the architecture only (the weights are loaded by the caller)."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from vapo.models import Critic
-
     if isinstance(model, Critic):  # with its frozen π₀ when it has the surprise input
         frozen = model.surprise_policy
         copy = Critic(AutoModel.from_config(model.config),
@@ -343,9 +345,6 @@ def current() -> Dist:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``vapo <argv>`` under torchrun with ``nproc`` processes on this machine; returns its exit code."""
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "vapo", *argv]
     return subprocess.call(cmd)
 

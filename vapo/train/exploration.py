@@ -25,6 +25,7 @@ from vapo.algos.exploration import (
 )
 from vapo.config import Config
 from vapo.errors import VapoError
+from vapo.models import decode_responses
 from vapo.tasks.base import final_answer
 from vapo.train.batch import Experience
 
@@ -34,8 +35,6 @@ ENTROPY_BUCKETS = 4  # entropy_q1 .. entropy_q4: the four quarters of each respo
 
 def final_answers(exp: Experience, tokenizer: Any) -> list[str]:
     """Each response's final answer text (NO_ANSWER when it has no ``####`` line)."""
-    from vapo.models import decode_responses
-
     texts = decode_responses(tokenizer, exp.response_ids, exp.lengths)
     return [a if a is not None else NO_ANSWER for a, _ in map(final_answer, texts)]
 

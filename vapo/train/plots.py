@@ -9,10 +9,10 @@ from vapo.train.rundir import read_jsonl
 
 def make_plots(run_dir: Path) -> list[Path]:
     """Write plots/{training,eval_by_size}.png; returns their paths."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s to import), for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib (~0.5 s to import), for plots only
 
     run_dir = Path(run_dir)
     out = run_dir / "plots"

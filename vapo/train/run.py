@@ -12,6 +12,7 @@ metric sinks.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from vapo.train.batch import Experience
 from vapo.train.checkpoint import latest_good_checkpoint
 from vapo.train.evaluate import SPLITS, eval_seed, evaluate_split
 from vapo.train.faults import DivergenceError
+from vapo.train.plots import make_plots
 from vapo.train.rundir import RunLock, append_jsonl, new_run_dir, plan_run_dir, read_jsonl
 from vapo.train.sinks import JsonlSink, Sinks, make_sinks, validate_sinks
 from vapo.train.trainer import Trainer
@@ -170,8 +172,6 @@ def _critic_quality(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None) -> dict[str, Any]:
-    from vapo.train.plots import make_plots
-
     final = _evaluate(trainer, ui, sinks)
     trainer.save_checkpoint()
     if not trainer.dist.is_writer:
@@ -194,7 +194,6 @@ def _finish(trainer: Trainer, ui: UI, t_start: float, sinks: Sinks | None = None
     cq = _critic_quality(trainer.run_dir)
     if cq is not None:
         summary["critic_quality"] = cq
-    import json
 
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if sinks is not None:

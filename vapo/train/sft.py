@@ -8,6 +8,8 @@ for the measured warm-start accuracy of the default run).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import random
 import time
@@ -19,7 +21,13 @@ import torch
 from vapo.cache import cache_root
 from vapo.config import Config
 from vapo.errors import VapoError
+from vapo.models import build_char_tokenizer, build_policy, load_policy_and_tokenizer
+from vapo.models.hf import apply_model_options, load_model, model_options
+from vapo.models.storage import own_memory
+from vapo.models.tokenizer import prompt_format, prompt_token_ids, set_prompt_format
+from vapo.rollout import describe_engine
 from vapo.tasks import MARKER, sample_problems
+from vapo.train.rundir import AtomicDir, append_jsonl
 
 
 def demo_batch(tokenizer: Any, problems: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -30,8 +38,6 @@ def demo_batch(tokenizer: Any, problems: list[Any]) -> tuple[torch.Tensor, torch
     Returns input_ids [B, L], attention_mask [B, L], loss_mask [B, L] (1 where the *next* token is
     a solution or EOS token, aligned with the logits that predict it).
     """
-    from vapo.models.tokenizer import prompt_token_ids
-
     seqs, starts = [], []
     for p in problems:
         prompt = prompt_token_ids(tokenizer, p.prompt)
@@ -129,9 +135,6 @@ def warm_start_key(cfg: Config) -> str:
     """The cache key of a warm start: a hash of the task, model, SFT config and seed. SFT fields
     that do not change the result at their default are left out (``sft.micro_batches=1`` is the
     one-batch step every earlier warm start used), so existing caches stay valid."""
-    import hashlib
-    import json
-
     d = {k: cfg.to_dict()[k] for k in ("task", "model", "sft", "seed")}
     if d["sft"].get("micro_batches") == 1:
         del d["sft"]["micro_batches"]
@@ -160,11 +163,6 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
     With ``sft.cache`` the SFT result is stored under ``$VAPO_CACHE_DIR`` (default
     ``~/.cache/vapo``) keyed by a hash of the task, model, SFT config and seed.
     """
-    from vapo.models import build_char_tokenizer, build_policy, load_policy_and_tokenizer
-    from vapo.models.hf import apply_model_options, load_model, model_options
-    from vapo.models.storage import own_memory
-    from vapo.models.tokenizer import prompt_format, set_prompt_format
-
     key = warm_start_key(cfg)
     cached = cache_root() / "sft" / key
     if cfg.sft.cache and cfg.sft.steps > 0 and (cached / "COMPLETE").is_file():
@@ -179,8 +177,6 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
             raise VapoError(f"model path {p} is not a directory", where="model.path", fix="point it at a Hugging Face model directory")
         policy, tokenizer = load_model(cfg)
         if ui is not None:
-            from vapo.rollout import describe_engine
-
             fmt = prompt_format(tokenizer)
             n_train = sum(q.numel() for q in policy.parameters() if q.requires_grad)
             ui.log(f"model: {p} ({policy.config.model_type}, {sum(q.numel() for q in policy.parameters()):,} parameters, "
@@ -195,12 +191,8 @@ def warm_start(cfg: Config, task: Any, *, ui: Any = None, run_dir: Path | None =
     if cfg.sft.steps > 0:
         losses = sft_train(policy, tokenizer, task, cfg, ui=ui, stop=stop)
         if run_dir is not None:
-            from vapo.train.rundir import append_jsonl
-
             append_jsonl(run_dir / "events.jsonl", {"phase": "sft", "steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]})
         if cfg.sft.cache:
-            from vapo.train.rundir import AtomicDir
-
             with AtomicDir(cached) as tmp:
                 policy.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)

@@ -22,10 +22,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from vapo.errors import ConfigError, did_you_mean
+from vapo.train.rundir import append_jsonl
 
 # sink name -> (module that must be importable, pip extra)
 SINKS: dict[str, str | None] = {"jsonl": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -78,8 +82,6 @@ class JsonlSink:
         pass  # config.yaml is written by the run itself
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        from vapo.train.rundir import append_jsonl
-
         append_jsonl(self.path, metrics)
 
     def log_summary(self, summary: dict[str, Any]) -> None:
@@ -91,7 +93,7 @@ class JsonlSink:
 
 class TensorBoardSink:
     def __init__(self, run_dir: Path, resume_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional extra: vapo[logging]
 
         # purge_step drops events logged after the checkpoint a resumed run restarts from
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)
@@ -119,10 +121,7 @@ class WandbSink:
     ID_FILE = "wandb_run_id"
 
     def __init__(self, run_dir: Path, project: str):
-        import os
-        import uuid
-
-        import wandb
+        import wandb  # optional extra: vapo[logging]
 
         id_file = run_dir / self.ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
@@ -143,7 +142,7 @@ class WandbSink:
             self.run.summary[k] = v
 
     def close(self) -> None:
-        import wandb
+        import wandb  # optional extra: vapo[logging]
 
         self.run.finish()
         # the transaction log is written by W&B's service process; shutting it down flushes the file
@@ -154,7 +153,7 @@ class MlflowSink:
     ID_FILE = "mlflow_run_id"
 
     def __init__(self, run_dir: Path, project: str):
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional extra: vapo[logging]
 
         d = run_dir.resolve()
         self.uri = f"sqlite:///{d / 'mlflow.db'}"
@@ -170,7 +169,7 @@ class MlflowSink:
             id_file.write_text(self.run_id + "\n")
 
     def log_config(self, config: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional extra: vapo[logging]
 
         flat = _flatten(config)
         params = [Param(k, (v if isinstance(v, str) else json.dumps(v))[:6000]) for k, v in flat.items()]
@@ -179,9 +178,7 @@ class MlflowSink:
         self.client.log_dict(self.run_id, config, "config.json")
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional extra: vapo[logging]
 
         ts = int(time.time() * 1000)
         ms = [Metric(k, v, ts, step) for k, v in scalars(metrics).items()]

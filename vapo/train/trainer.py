@@ -49,6 +49,7 @@ from vapo.algos.losses import (
 from vapo.algos.shaping import dynamic_sampling_keep, zero_signal_fraction
 from vapo.config import Config
 from vapo.errors import ConfigError
+from vapo.models import build_critic, response_logprobs, response_values
 from vapo.tasks import sample_problems, task_from_config
 from vapo.train import adapter, trainer_state, value_pretrain
 from vapo.train.batch import Experience, Graphs, forward_rows
@@ -59,6 +60,7 @@ from vapo.train.faults import BadUpdateGuard, NonFinite, find_nonfinite, grad_no
 from vapo.train.mc_values import MC_SEED_OFFSET, CriticControl, MCBatch, draw_mc_values
 from vapo.train.probe import ProbeSet, critic_at, critic_quality, draw_probe
 from vapo.train.rundir import append_jsonl
+from vapo.train.sft import warm_start
 from vapo.train.ui import UI, StopFlag
 
 
@@ -205,9 +207,6 @@ class Trainer:
 
     def build(self, ui: UI, stop: Any = None) -> None:
         """Warm-start policy (SFT, cached), critic from it, optimizers."""
-        from vapo.models import build_critic
-        from vapo.train.sft import warm_start
-
         torch.manual_seed(self.cfg.seed)
         if self.dist.is_writer:
             self.policy, self.tokenizer = warm_start(self.cfg, self.task, ui=ui, run_dir=self.run_dir, stop=stop, device=self.device)
@@ -321,8 +320,6 @@ class Trainer:
     # ---------------------------------------------------------------- stage 2: forward passes
     def _logprobs(self, model: Any, *tensors: torch.Tensor) -> torch.Tensor:
         """log π(y_t | ·) [b, t] at the rollout's sampling temperature (the distribution sampled from)."""
-        from vapo.models import response_logprobs
-
         return response_logprobs(model, *tensors, temperature=self.settings.temperature)[0]
 
     def _forward(self, fn: Any, model: Any, exp: Experience, keep_graphs: bool = False) -> tuple[torch.Tensor, Graphs | None]:
@@ -349,8 +346,6 @@ class Trainer:
         Returns the experience and, in the fused single-step case, the critic's forward outputs
         with their graphs ((rows, [b, t] values) per micro-batch) for :meth:`update_critic`.
         """
-        from vapo.models import response_values
-
         kl = self.cfg.algo.kl
         self.policy.eval()
         if self.single_step and not (self.uses_ref and kl.in_reward):
@@ -413,8 +408,6 @@ class Trainer:
         PPO schedule, optim.ppo_epochs × optim.minibatches). With ``graphs`` (the fused single-step case, see
         :meth:`forward_passes`) the one step backpropagates through those outputs instead of
         running the critic forward again."""
-        from vapo.models import response_values
-
         c, o = self.cfg.algo, self.cfg.optim
         epochs = o.ppo_epochs if epochs is None else epochs
         stats: dict[str, list[float]] = {}
@@ -461,8 +454,6 @@ class Trainer:
         step's own log-probs detached (the same policy; ratio 1).
 
         Statistics: the mean over steps, and for ratio_max / ratio_min the extreme over steps."""
-        from vapo.models import response_logprobs
-
         c, o = self.cfg.algo, self.cfg.optim
         pl, ls = c.policy_loss, adapter.loss_settings(self.cfg)
         loss_fn = get_policy_loss(ls.name)

@@ -132,7 +132,7 @@ def _verl_token_weights(response_mask: torch.Tensor, loss_agg_mode: str,
     sum(w * L). agg_loss is linear in L, so w is its gradient: computing it this way keeps
     verl's normalisation across micro-batches and data-parallel ranks (dp_size,
     batch_num_tokens, global_batch_size) exactly, for every mode verl has."""
-    from verl.trainer.ppo.core_algos import agg_loss
+    from verl.trainer.ppo.core_algos import agg_loss  # optional extra: vapo[verl]
 
     probe = torch.zeros(response_mask.shape, dtype=dtype, device=response_mask.device,
                         requires_grad=True)
@@ -199,7 +199,7 @@ def register() -> None:
 
     Raises ImportError with the install command when verl is absent."""
     try:
-        from verl.trainer.ppo import core_algos
+        from verl.trainer.ppo import core_algos  # optional extra: vapo[verl]
     except ImportError as e:
         raise ImportError(f"vapo.integrations.verl needs verl: pip install 'vapo[verl]' ({e})") from e
     for name, fn in ADVANTAGE_ESTIMATORS.items():
