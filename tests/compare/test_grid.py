@@ -150,3 +150,13 @@ def test_cli_set_is_passed_through_and_a_bad_one_exits_2(tmp_path):
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["compare", grid, "--out", str(out), "--set", "eval.prompts=0"])
     assert res.exit_code == 2 and "eval.prompts" in res.output and not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_benchmark_grids_load(path):
+    """Every grid behind a committed result (or planned for one) resolves every cell's config, at
+    an equal sample budget, with >= 2 seeds (five for the ones reported paired by seed)."""
+    g = load_grid(path)
+    assert len(g.cells) == len(g.variants) * len(g.seeds)
+    assert len(g.budget["answers_per_run"]) == 1
+    assert len(g.seeds) >= 2
