@@ -14,7 +14,6 @@ summary row per variant (median and range of the ratio over seeds).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 import statistics
@@ -22,13 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vapo.train.rundir import read_jsonl
+
 CELL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def cell_events(out: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -37,11 +32,11 @@ def cell_events(out: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
     for d in sorted(out.iterdir()) if out.is_dir() else []:
         m = CELL.match(d.name)
         if m and (d / "events.jsonl").is_file():
-            found[(m["variant"], int(m["seed"]))] = _events(d / "events.jsonl")
+            found[(m["variant"], int(m["seed"]))] = read_jsonl(d / "events.jsonl")
     for f in sorted((out / "metrics").glob("*.events.jsonl.gz")) if (out / "metrics").is_dir() else []:
         m = CELL.match(f.name.removesuffix(".events.jsonl.gz"))
         if m and (m["variant"], int(m["seed"])) not in found:
-            found[(m["variant"], int(m["seed"]))] = _events(f)
+            found[(m["variant"], int(m["seed"]))] = read_jsonl(f)
     return found
 
 

@@ -21,7 +21,6 @@ Also writes the entropy trajectory (mean over seeds, per variant) as a plot with
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import re
@@ -29,6 +28,8 @@ import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from vapo.train.rundir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -41,12 +42,6 @@ CELL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 METRICS = [("pass1", "held-out pass@1", 100.0), ("passk", "held-out pass@{k}", 100.0),
            ("long", "long split pass@1", 100.0), ("long_passk", "long split pass@{k}", 100.0),
            ("entropy", "final entropy (nats/token)", 1.0)]
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _cell_files(out: Path) -> dict[tuple[str, int], tuple[Path, Path]]:
@@ -70,8 +65,8 @@ def cell_values(eval_file: Path, metrics_file: Path, k: int) -> dict[str, Any]:
     """The final evaluation's pass@1 and pass@k (held-out and long split), and the mean entropy
     of the last 10% of iterations (at least one). A run that did not finish its last evaluation
     gives None for what it lacks."""
-    evals = _jsonl(eval_file)
-    rows = _jsonl(metrics_file)
+    evals = read_jsonl(eval_file)
+    rows = read_jsonl(metrics_file)
     last_it = max((e.get("iteration", -1) for e in evals), default=-1)
     final = {e.get("split"): e for e in evals if e.get("iteration") == last_it}
     held, long_ = final.get("heldout") or {}, final.get("long") or {}

@@ -19,7 +19,6 @@ per-problem differences, and the minimum detectable effect at 80% power (vapo.st
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from itertools import combinations
@@ -47,15 +46,6 @@ EV_TAIL = 0.1  # training EV is averaged over the last 10% of iterations
 SPLITS = ("heldout", "long")
 ALPHA = 0.05
 OLD_EVAL_SEED = 1234  # every seed's evaluation set before sets were drawn per seed
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path)
-
-
-def read_jsonl_gz(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _finite(x: Any) -> bool:
@@ -94,8 +84,8 @@ def cell_record(plan: CellPlan, threshold: float | None = None) -> dict[str, Any
     run = plan.run_dir
     summ_path = run / "summary.json"
     summary = json.loads(summ_path.read_text()) if summ_path.is_file() else None
-    metrics = _jsonl(run / "metrics.jsonl")
-    evals = _jsonl(run / "eval.jsonl")
+    metrics = read_jsonl(run / "metrics.jsonl")
+    evals = read_jsonl(run / "eval.jsonl")
     per_iter = cfg.rollout.prompts_per_iter * cfg.rollout.group_size
     samples, cum = {0: 0}, 0
     for m in metrics:
@@ -515,7 +505,7 @@ def reaggregate(old: dict[str, Any], metrics_dir: Path | None = None,
         r["problems"] = {}
         gz = metrics_dir / f"{r['cell']}.eval.jsonl.gz" if metrics_dir else None
         if gz is not None and gz.is_file():
-            r["problems"] = final_problems(read_jsonl_gz(gz))
+            r["problems"] = final_problems(read_jsonl(gz))
         recs.append(r)
     _restore_samples_at_eval(old, recs)
     baselines = {n for n, v in old["variants"].items() if v["preset"] in BASELINE_PRESETS}

@@ -20,6 +20,7 @@ renamed into place, so a killed run leaves either the old or the new checkpoint,
 from __future__ import annotations
 
 import fcntl
+import gzip
 import json
 import os
 import re
@@ -139,11 +140,13 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, skipping a torn last line (from a kill mid-write)."""
+    """Read a JSONL file (gzip-compressed when its name ends in .gz, as the compact metrics `vapo
+    compare` writes), skipping a torn last line (from a kill mid-write)."""
     if not path.is_file():
         return []
     out = []
-    lines = path.read_text().splitlines()
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = text.splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
