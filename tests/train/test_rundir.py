@@ -1,5 +1,7 @@
 """Run directories: names cannot escape runs/, validation creates nothing, one process per run."""
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +147,22 @@ def test_resume_sets_aside_the_lines_it_will_produce_again(tmp_path):
     assert [r["iteration"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [0, 1, 2, 3]
     _set_aside(tmp_path, 4)  # nothing to set aside: nothing moves
     assert len(list(tmp_path.glob("*.before-resume-*"))) == 4
+
+
+def test_read_jsonl_reads_gzip_and_refuses_a_bad_middle_line(tmp_path):
+    """The compact metrics `vapo compare` writes (.jsonl.gz) read like the run's own files: a torn
+    last line is skipped, a broken line before it is an error naming the file and line."""
+    from vapo.train.rundir import read_jsonl
+
+    rows = [{"iteration": i, "reward": 0.5 * i} for i in range(3)]
+    body = "".join(json.dumps(r) + "\n" for r in rows)
+    gz = tmp_path / "cell.jsonl.gz"
+    gz.write_bytes(gzip.compress((body + '{"iteration": 3, "rew').encode()))
+    assert read_jsonl(gz) == rows
+    plain = tmp_path / "cell.jsonl"
+    plain.write_text(body)
+    assert read_jsonl(plain) == read_jsonl(gz)
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(('{"iteration": 0}\nnot json\n' + body).encode()))
+    with pytest.raises(VapoError, match="line 2"):
+        read_jsonl(bad)
