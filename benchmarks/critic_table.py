@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vapo.train.rundir import read_jsonl
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from a checkout with any python 3.11 (stdlib + vapo.train.rundir)
+    sys.path.insert(0, str(ROOT))
+
+from vapo.train.rundir import read_jsonl  # noqa: E402
 
 CELL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 

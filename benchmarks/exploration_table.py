@@ -29,13 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vapo.train.rundir import read_jsonl
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vapo.stats import holm, paired  # noqa: E402
+from vapo.train.rundir import read_jsonl  # noqa: E402
 
 CELL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 # (key, label, scale): pass rates are printed in points (×100), entropy in nats per token
