@@ -82,6 +82,7 @@ def train(
     iterations: Annotated[int | None, typer.Option(help="RL iterations (shortcut for --set train.iterations=...)")] = None,
     name: Annotated[str | None, typer.Option(help="run name: the run directory is runs/<name> (default: <preset>-<task>-s<seed>, numbered if taken)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its latest checkpoint")] = None,
+    fork: Annotated[Path | None, typer.Option(help="start a new run from another run's checkpoint <run>/checkpoints/step_N, with changed RL settings (docs/training.md, 'Forks')")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     nproc: Annotated[int, typer.Option(help="processes on this machine: >1 runs this command under torchrun (FSDP2; docs/distributed.md)")] = 1,
 ) -> None:
@@ -89,6 +90,9 @@ def train(
     if nproc < 1:
         raise VapoError(f"--nproc {nproc} is not a number of processes", where="vapo train --nproc", fix="pass 1 or more")
 
+    if resume is not None and fork is not None:
+        raise VapoError("--resume and --fork are two different starts", where="vapo train",
+                        fix="--resume continues a run in place; --fork starts a new run from a checkpoint")
     if resume is not None:
         from vapo.train import resume_run  # lazy: torch
 
@@ -107,7 +111,17 @@ def train(
     for key, val in (("task.name", task), ("model.size", size), ("seed", seed), ("train.iterations", iterations)):
         if val is not None:
             overrides.append(f"{key}={val}")
+    if fork is not None and preset is None and config is None and (fork.parent.parent / "config.yaml").is_file():
+        config = fork.parent.parent / "config.yaml"  # a fork starts from its source's config: --set says what changes
     cfg = resolve_config(preset, config, overrides)
+    if fork is not None:
+        if nproc > 1:
+            raise VapoError("--fork starts a new run in one process", where="vapo train --fork --nproc",
+                            fix="fork without --nproc, then continue it with `vapo train --resume <fork> --nproc N`")
+        from vapo.train import fork_run  # lazy: torch
+
+        fork_run(fork, cfg, name=name, progress=not quiet, callbacks=_training_callbacks())
+        return
     if nproc > 1:  # the config is checked above: a bad one fails once, with exit 2, before any process starts
         _relaunch_under_torchrun(nproc)
         return

@@ -599,6 +599,42 @@ def load_config_file(path: str | Path) -> Config:
     return validate_config(load_yaml(path), str(path))
 
 
+def dict_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every leaf where two config dicts differ."""
+    out: list[tuple[str, Any, Any]] = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(dict_differences(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append((f"{prefix}{k}", va, vb))
+    return out
+
+
+# What a fork (`vapo train --fork`: a new run continued from another run's checkpoint) may set
+# differently from the run that wrote the checkpoint: what the RL updates do from there on, and how
+# the process runs. Every other field made the state the checkpoint holds (warm start, value
+# pretraining, critic, optimizers, random streams) or the evaluation the fork inherits from it.
+FORKABLE_FIELDS = (
+    "preset", "algo.advantage", "algo.policy_loss", "algo.exploration", "algo.dynamic_sampling", "algo.overlong",
+    "algo.critic.blend", "algo.critic.ev_every", "algo.critic.steps_per_actor_step", "algo.critic.value_clip",
+    "algo.critic.coef", "algo.critic.probe_every",
+    "algo.mc_values.points", "algo.mc_values.continuations", "algo.mc_values.placement", "algo.mc_values.rl_targets",
+    "train.iterations", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.max_bad_updates", "train.runs_dir", "train.threads", "train.device", "diagnose_every", "logging",
+)
+
+
+def fork_differences(source: Config, fork: Config) -> tuple[list[str], list[str]]:
+    """``(changes a fork may make, changes it may not)`` between the config of the run that wrote a
+    checkpoint and a fork's, each as ``"key: old → new"``."""
+    allowed, refused = [], []
+    for key, va, vb in dict_differences(source.to_dict(), fork.to_dict()):
+        ok = any(key == f or key.startswith(f + ".") for f in FORKABLE_FIELDS)
+        (allowed if ok else refused).append(f"{key}: {va!r} → {vb!r}")
+    return allowed, refused
+
+
 def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every leaf field — used by `vapo train --help` and docs."""
     rows: list[tuple[str, str, str]] = []

@@ -160,3 +160,16 @@ def test_benchmark_grids_load(path):
     assert len(g.cells) == len(g.variants) * len(g.seeds)
     assert len(g.budget["answers_per_run"]) == 1
     assert len(g.seeds) >= 2
+
+
+def test_a_fork_must_name_an_earlier_variant_and_change_only_rl_settings(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "- name: lam\n  preset: vapo\n  fork: vapo\n- vapo\n")
+    _fails_before_anything(tmp_path, grid, "fork: 'vapo' is not a variant listed before this one", "variants[0] (lam).fork")
+    grid = write_grid(tmp_path / "g.yaml", "- vapo\n- name: lam\n  preset: vapo\n  fork: vpao\n")
+    _fails_before_anything(tmp_path, grid, 'Did you mean "vapo"')
+    grid = write_grid(tmp_path / "g.yaml", "- vapo\n- name: lr\n  preset: vapo\n  set: {optim.critic_lr: 0.01}\n  fork: vapo\n")
+    _fails_before_anything(tmp_path, grid, "forks 'vapo' but changes what the start of RL holds", "optim.critic_lr")
+    grid = write_grid(tmp_path / "g.yaml", "- vapo\n- name: lam\n  preset: vapo\n  set: {algo.advantage.lam_actor: 0.9}\n"
+                                           "  fork: vapo\n")
+    g = load_grid(grid)
+    assert g.variant("lam").fork == "vapo" and g.variant("vapo").fork is None

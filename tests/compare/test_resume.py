@@ -121,3 +121,42 @@ def test_a_cell_saved_before_a_field_existed_is_reused_only_at_that_fields_defau
     (out / "vapo_surprise_history-s0" / "config.yaml").write_text(yaml.safe_dump({**old, "preset": "vapo_surprise_history"}))
     with pytest.raises(VapoError, match="surprise_history: None → True"):
         plan_cells(hist, out)
+
+
+def test_a_fork_variant_continues_its_source_cells_and_waits_for_them(tmp_path, monkeypatch):
+    """Each seed's fork cell starts once its source cell has written step_0 (value pretraining done),
+    inherits its start (same step-0 evaluation, value-pretraining events), and a rerun reuses both."""
+    monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path / "cache"))
+    grid = write_grid(tmp_path / "f.yaml", "- vapo\n- name: lam\n  preset: vapo\n  set: {algo.advantage.lam_actor: 0.9}\n"
+                                           "  fork: vapo\n", seeds="[0]")
+    out = tmp_path / "out"
+    res = run_compare(grid, jobs=2, quick=True, out=out, progress=False)
+    assert res["variants"]["lam"]["finished"] == 1 and res["variants"]["vapo"]["finished"] == 1
+    src, fork = out / "vapo-s0", out / "lam-s0"
+    def ev0(run):
+        return [r for r in map(json.loads, (run / "eval.jsonl").read_text().splitlines()) if r["iteration"] == 0]
+
+    assert ev0(fork) == ev0(src)
+    events = [json.loads(line) for line in (fork / "events.jsonl").read_text().splitlines()]
+    assert any(e.get("phase") == "value_pretrain_end" for e in events)
+    assert [e["source"] for e in events if e.get("phase") == "fork"] == [str(src / "checkpoints" / "step_0")]
+    log = (out / "logs" / "lam-s0.log").read_text()
+    assert "--fork" in log and "value pretraining" not in log.lower().split("--fork")[-1].split("\n")[0]
+    plans = plan_cells(load_grid(grid, quick=True), out)
+    assert {p.cell.name: p.action for p in plans} == {"vapo-s0": "reuse", "lam-s0": "reuse"}
+
+
+def test_a_fork_whose_source_never_wrote_step_0_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAPO_CACHE_DIR", str(tmp_path / "cache"))
+    # the source cell fails at once (a model path that does not exist), so no checkpoint ever comes
+    grid = write_grid(tmp_path / "b.yaml", "- name: broken\n  preset: vapo\n  set: {model.path: /nonexistent/model}\n"
+                                           "- name: lam\n  preset: vapo\n  set: {model.path: /nonexistent/model, "
+                                           "algo.advantage.lam_actor: 0.9}\n  fork: broken\n", seeds="[0]")
+    out = tmp_path / "out"
+    try:
+        run_compare(grid, jobs=2, quick=True, out=out, progress=False)
+    except VapoError:
+        pass
+    status = json.loads((out / "status.json").read_text())
+    assert status["lam-s0"]["result"] == "crashed" and status["lam-s0"]["attempts"][0]["exit_code"] == 2
+    assert "did not write" in (out / "logs" / "lam-s0.log").read_text()

@@ -19,6 +19,12 @@ A grid is a YAML mapping::
         set: {algo.advantage.alpha: 0.05}
         config: my.yaml            # optional, replaces the grid's config for this variant
         paper: vapo                # optional: which paper number this variant stands for
+      - name: vapo_lam_0.95
+        preset: vapo
+        set: {algo.advantage.lam_actor: 0.95}
+        fork: vapo                 # optional: each seed's cell continues that variant's cell of the
+                                   # same seed from the start of RL (its step_0 checkpoint: warm start
+                                   # and value pretraining shared, not recomputed; vapo train --fork)
 
 Each cell's config resolves as defaults → preset → config file → base → quick → variant ``set``
 → seed (vapo.config.resolve_config), and every cell is resolved and validated in-process before
@@ -34,12 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vapo.config import Config, apply_overrides, load_yaml, resolve_config
+from vapo.config import (
+    Config,
+    apply_overrides,
+    dict_differences,
+    fork_differences,
+    load_yaml,
+    resolve_config,
+)
 from vapo.errors import ConfigError, VapoError, did_you_mean
 from vapo.tasks import task_from_config
 
 GRID_KEYS = ("name", "description", "seeds", "config", "base", "quick", "threshold", "equal_budget", "variants", "diagnose")
-VARIANT_KEYS = ("name", "preset", "set", "config", "paper")
+VARIANT_KEYS = ("name", "preset", "set", "config", "paper", "fork")
 QUICK_KEYS = ("seeds", "set")
 BASELINE_PRESETS = ("ppo", "vc_ppo", "grpo", "dr_grpo", "dapo")
 # Fields a cell may differ in without changing what it computes (how it runs, not what).
@@ -53,6 +66,7 @@ class Variant:
     overrides: tuple[str, ...]  # dotted key=value strings (base + quick + set), in order
     config_file: str | None
     paper: str | None  # key into vapo.compare.paper tables, or None
+    fork: str | None = None  # the variant whose cells' step_0 checkpoints this variant's cells continue
 
 
 @dataclass(frozen=True)
@@ -153,18 +167,9 @@ def _strip_run_only(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (run-only fields ignored)."""
-    if not prefix:
-        a, b = _strip_run_only(a), _strip_run_only(b)
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.extend(config_differences(va, vb, f"{prefix}{k}."))
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} → {vb!r}")
-    return out
+    return [f"{k}: {va!r} → {vb!r}" for k, va, vb in dict_differences(_strip_run_only(a), _strip_run_only(b))]
 
 
 def samples_per_run(cfg: Config) -> int:
@@ -252,7 +257,13 @@ def load_grid(path: str | Path, *, quick: bool = False, extra_set: Sequence[str]
             quick_set = _default_quick(full.train.iterations)
         overrides = (*base, *quick_set, *extra, *vset)
         paper = raw.get("paper", preset if not vset and vfile == common_file else None)
-        v = Variant(vname, preset, tuple(overrides), vfile, None if paper is None else str(paper))
+        fork = raw.get("fork")
+        if fork is not None and (not isinstance(fork, str) or fork not in seen or fork == vname):
+            earlier = [v.name for v in variants]
+            raise _err(grid, f"fork: {fork!r} is not a variant listed before this one."
+                             f"{did_you_mean(str(fork), earlier)}", f"{where}.fork",
+                       "name an earlier variant of this grid, whose cells this one continues from the start of RL")
+        v = Variant(vname, preset, tuple(overrides), vfile, None if paper is None else str(paper), fork)
         variants.append(v)
         for seed in seeds:
             try:
@@ -261,6 +272,14 @@ def load_grid(path: str | Path, *, quick: bool = False, extra_set: Sequence[str]
             except VapoError as e:
                 raise _err(grid, f"variant {vname!r}: {e.what}" + (f" ({e.where})" if e.where else "")
                            + (f"; with --set {' '.join(extra)}" if extra else ""), where, e.fix or "") from None
+            if fork is not None:
+                src = next(c for c in cells if c.variant.name == fork and c.seed == seed)
+                _, refused = fork_differences(src.config, cfg)
+                if refused:
+                    raise _err(grid, f"variant {vname!r} forks {fork!r} but changes what the start of RL holds: "
+                                     + "; ".join(refused[:4]) + (" …" if len(refused) > 4 else ""), f"{where}.fork",
+                               "change only RL settings (vapo.config.FORKABLE_FIELDS), or drop `fork:` to run the "
+                               "variant from its own warm start and value pretraining")
             cells.append(Cell(v, seed, cfg))
     if quick:
         quick_note += "; overrides " + " ".join(quick_set or [])

@@ -95,6 +95,8 @@ class Job:
     rc: int | None = None
     seconds: float = 0.0
     cpu: float = 0.0
+    after: Path | None = None  # a checkpoint this job starts from: it waits until that is complete
+    after_key: str | None = None  # the job that writes it
 
 
 @dataclass
@@ -152,13 +154,19 @@ def plan_cells(grid: Grid, out: Path) -> list[CellPlan]:
 def _cell_job(plan: CellPlan, out: Path, threads: int) -> Job:
     cfg = plan.cell.config
     log = out / "logs" / f"{plan.cell.name}.log"
+    after = after_key = None
     if plan.action == "resume":
         cmd = vapo_cmd("train", "--resume", str(plan.run_dir), "--quiet")
     else:
         cmd = vapo_cmd("train", "--preset", plan.cell.variant.preset, "--config", str(plan.config_file),
                        "--set", f"train.runs_dir={out}", "--set", f"train.threads={threads}",
                        "--seed", str(plan.cell.seed), "--name", plan.cell.name, "--quiet")
-    return Job(plan.cell.name, cmd, log, plan.action, plan.run_dir, total=cfg.train.iterations)
+        if plan.cell.variant.fork is not None:  # continue the source cell of this seed from the start of RL
+            after_key = f"{plan.cell.variant.fork}-s{plan.cell.seed}"
+            after = out / after_key / "checkpoints" / "step_0"
+            cmd[cmd.index("train") + 1:cmd.index("train") + 1] = ["--fork", str(after)]
+    return Job(plan.cell.name, cmd, log, plan.action, plan.run_dir, total=cfg.train.iterations,
+               after=after, after_key=after_key)
 
 
 def _iterations_done(run_dir: Path) -> int:
@@ -218,8 +226,12 @@ class Pool:
         try:
             with ui:
                 while self._running or (pending and not self.stopping):
+                    self._fail_blocked(pending, on_done, ui, overall)
                     while pending and len(self._running) < self.jobs and not self.stopping:
-                        j = pending.pop(0)
+                        j = next((j for j in pending if j.after is None or (j.after / "COMPLETE").is_file()), None)
+                        if j is None:  # the rest wait for a checkpoint a running job will write
+                            break
+                        pending.remove(j)
                         j.log.parent.mkdir(parents=True, exist_ok=True)
                         if on_start is not None:
                             on_start(j)
@@ -248,6 +260,20 @@ class Pool:
             for s, h in old.items():
                 signal.signal(s, h)
         return not self.stopping
+
+    def _fail_blocked(self, pending: list[Job], on_done: Callable[[Job], None], ui: Progress, overall: Any) -> None:
+        """A job that waits for a checkpoint no running or pending job will write fails, said in its log."""
+        coming = {j.key for j in self._running} | {j.key for j in pending}
+        for j in [j for j in pending if j.after is not None and not (j.after / "COMPLETE").is_file()
+                  and j.after_key not in coming]:
+            pending.remove(j)
+            j.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(j.log, "a") as f:
+                f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} not started: it continues {j.after}, which "
+                        f"cell {j.after_key} did not write (see its log); rerun the grid once that cell has run\n")
+            j.rc = 2
+            on_done(j)
+            ui.update(overall, advance=1, info=f"last: {j.key} not started ({j.after_key} has no step_0)")
 
 
 def run_cells(grid: Grid, out: Path, *, jobs: int = 1, progress: bool = True) -> tuple[list[CellPlan], bool]:

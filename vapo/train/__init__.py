@@ -1,6 +1,6 @@
 """Training: supervised warm start, value pretraining, the RL loop, checkpoints, evaluation.
 
-``Callback``, ``start_run`` and ``resume_run`` (vapo.train.run) are loaded on first use, so that
+``Callback``, ``start_run``, ``resume_run`` and ``fork_run`` (vapo.train.run) are loaded on first use, so that
 importing a light submodule (e.g. ``vapo.train.sinks``, which vapo.config reads to check
 ``logging.sinks``) does not load the models and the trainer.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Callback", "resume_run", "start_run"]
+__all__ = ["Callback", "fork_run", "resume_run", "start_run"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,12 +23,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vapo.config import Config, check_trainable, load_config_file
+from vapo.config import Config, check_trainable, fork_differences, load_config_file
 from vapo.errors import ConfigError, VapoError
 from vapo.models import validate_model
 from vapo.train import distributed
 from vapo.train.batch import Experience
-from vapo.train.checkpoint import latest_good_checkpoint
+from vapo.train.checkpoint import latest_good_checkpoint, verify_checkpoint
 from vapo.train.evaluate import SPLITS, eval_seed, evaluate_split
 from vapo.train.faults import DivergenceError
 from vapo.train.plots import make_plots
@@ -289,6 +291,72 @@ def start_run(cfg: Config, *, name: str | None = None, progress: bool = True,
     if summary is not None and dist.is_writer:
         print_summary(summary)
     return summary
+
+
+def fork_run(checkpoint: Path, cfg: Config, *, name: str | None = None, progress: bool = True,
+             callbacks: Sequence[Callback] = ()) -> dict[str, Any] | None:
+    """A new run that continues another run's checkpoint ``<run>/checkpoints/step_N`` with ``cfg``.
+
+    The fork inherits everything the checkpoint holds (warm start, value-pretrained critic,
+    optimizers, random streams) and the source run's logs up to step N (its evaluation at step N
+    included), then runs iterations N+1.. with its own config. ``cfg`` may differ from the source
+    run's config only in vapo.config.FORKABLE_FIELDS (what the RL updates do, how the process
+    runs); anything else is refused before the run directory exists. A fork whose config equals
+    the source's reproduces the source's remaining iterations exactly (the checkpoint's resume
+    guarantee), so variants forked from one checkpoint differ only by what they change, measured
+    on one shared value pretraining. The source run is only read."""
+    checkpoint = Path(checkpoint)
+    m = re.fullmatch(r"step_(\d+)", checkpoint.name)
+    source_dir = checkpoint.parent.parent
+    if m is None or checkpoint.parent.name != "checkpoints" or not (source_dir / "config.yaml").is_file():
+        raise VapoError(f"{checkpoint} is not a checkpoint of a run directory", where="vapo train --fork",
+                        fix="pass <run>/checkpoints/step_N of a run made by `vapo train` (step_0: the start of RL)")
+    if not (checkpoint / "COMPLETE").is_file():
+        raise VapoError(f"{checkpoint} was not completely written", where="vapo train --fork",
+                        fix="fork from another checkpoint of that run (`ls <run>/checkpoints`)")
+    step = int(m.group(1))
+    source = load_config_file(source_dir / "config.yaml")
+    check_trainable(cfg)
+    check_callbacks(cfg, callbacks)
+    validate_sinks(cfg)
+    dist = distributed.current()
+    if dist.enabled:
+        raise VapoError("--fork starts a new run in one process", where="vapo train --fork",
+                        fix="fork without torchrun, then continue it with `vapo train --resume <fork> --nproc N`")
+    cfg = _resolve_dist(cfg, dist)
+    changed, refused = fork_differences(source, cfg)
+    if refused:
+        raise ConfigError(f"a fork of {source_dir} may change what RL does from step {step} on, not the state the "
+                          f"checkpoint holds; this config also changes: " + "; ".join(refused[:6])
+                          + (f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""),
+                          where="vapo train --fork",
+                          fix="change only algo.advantage/policy_loss/exploration/dynamic_sampling/overlong, the critic's "
+                              "RL-time settings and train.* schedule fields (vapo.config.FORKABLE_FIELDS); for anything "
+                              "else start a new run")
+    if step >= cfg.train.iterations:
+        raise ConfigError(f"the checkpoint is at iteration {step}, the fork would run {cfg.train.iterations} iterations",
+                          where="train.iterations", fix=f"set train.iterations above {step}")
+    verify_checkpoint(checkpoint)  # every file against its manifest, before anything is created
+    default = f"{source_dir.name}-fork"
+    run_dir = new_run_dir(cfg.train.runs_dir, name, default)
+    try:
+        shutil.copytree(checkpoint, run_dir / "checkpoints" / checkpoint.name)
+        init = source_dir / "checkpoints" / "critic_init"
+        if init.is_dir():  # the critic before value pretraining, which `vapo diagnose` compares against
+            shutil.copytree(init, run_dir / "checkpoints" / "critic_init")
+        for fname in ("metrics.jsonl", "eval.jsonl", "events.jsonl"):
+            for r in read_jsonl(source_dir / fname) if (source_dir / fname).is_file() else []:
+                if r.get("iteration", 0) <= step:
+                    append_jsonl(run_dir / fname, r)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        append_jsonl(run_dir / "events.jsonl", {"phase": "fork", "iteration": step, "source": str(checkpoint),
+                                                "changed": changed, "time": time.time()})
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # this process created it: nothing is left half-made
+        raise
+    console.print(f"[bold]vapo train --fork[/]: {run_dir} continues {checkpoint} with "
+                  + ("; ".join(changed) if changed else "the same config"))
+    return resume_run(run_dir, progress=progress, callbacks=callbacks)
 
 
 def _set_aside(run_dir: Path, step: int, final: bool = False) -> None:
