@@ -618,7 +618,7 @@ def dict_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> 
 FORKABLE_FIELDS = (
     "preset", "algo.advantage", "algo.policy_loss", "algo.exploration", "algo.dynamic_sampling", "algo.overlong",
     "algo.critic.blend", "algo.critic.ev_every", "algo.critic.steps_per_actor_step", "algo.critic.value_clip",
-    "algo.critic.coef", "algo.critic.probe_every",
+    "algo.critic.coef", "algo.critic.probe_every", "algo.critic.warmup_ev", "algo.critic.warmup_max_iters",
     "algo.mc_values.points", "algo.mc_values.continuations", "algo.mc_values.placement", "algo.mc_values.rl_targets",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.max_bad_updates", "train.runs_dir", "train.threads", "train.device", "diagnose_every", "logging",
