@@ -142,6 +142,8 @@ def test_a_fork_variant_continues_its_source_cells_and_waits_for_them(tmp_path, 
     assert [e["source"] for e in events if e.get("phase") == "fork"] == [str(src / "checkpoints" / "step_0")]
     log = (out / "logs" / "lam-s0.log").read_text()
     assert "--fork" in log and "value pretraining" not in log.lower().split("--fork")[-1].split("\n")[0]
+    assert res["variants"]["lam"]["fork"] == "vapo" and res["variants"]["vapo"]["fork"] is None
+    assert "`lam` ← `vapo`" in (out / "compare.md").read_text()
     plans = plan_cells(load_grid(grid, quick=True), out)
     assert {p.cell.name: p.action for p in plans} == {"vapo-s0": "reuse", "lam-s0": "reuse"}
 

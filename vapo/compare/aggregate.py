@@ -341,7 +341,7 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]], variant_meta: di
         dg = diags.get(n) or {}
         variants[n] = {
             "preset": vm["preset"], "overrides": list(vm["overrides"]), "config_file": vm["config_file"],
-            "paper_key": vm["paper_key"], "paper_score": PAPER_SCORES.get(vm["paper_key"] or ""),
+            "fork": vm.get("fork"), "paper_key": vm["paper_key"], "paper_score": PAPER_SCORES.get(vm["paper_key"] or ""),
             "seeds": [r["seed"] for r in rs], "finished": len(fs), "cells": len(rs),
             "heldout": accuracy_summary(fs, "heldout"), "long": accuracy_summary(fs, "long"),
             "warm_start_heldout": bootstrap_mean_ci([r["warm_start"].get("heldout") for r in fs]),
@@ -482,7 +482,7 @@ def aggregate(grid: Grid, plans: list[CellPlan], diagnostics: dict[str, Path] | 
             "quick_note": grid.quick_note, "extra_set": list(grid.extra_set), "seeds": grid.seeds,
             "budget": grid.budget}
     variant_meta = {v.name: {"preset": v.preset, "overrides": list(v.overrides), "config_file": v.config_file,
-                             "paper_key": v.paper} for v in grid.variants}
+                             "paper_key": v.paper, "fork": v.fork} for v in grid.variants}
     return summarize(meta, recs, variant_meta, {v.name for v in grid.variants if v.preset in BASELINE_PRESETS},
                      dapo, grid.threshold, diags)
 
@@ -519,7 +519,7 @@ def reaggregate(old: dict[str, Any], metrics_dir: Path | None = None,
     meta["extra_set"] = meta["extra_set"] or []
     thr = old["threshold"]
     variant_meta = {n: {"preset": v["preset"], "overrides": v["overrides"], "config_file": v["config_file"],
-                        "paper_key": v["paper_key"]} for n, v in old["variants"].items()}
+                        "paper_key": v["paper_key"], "fork": v.get("fork")} for n, v in old["variants"].items()}
     return summarize(meta, recs, variant_meta, baselines, old.get("dapo_variant"),
                      thr["value"] if thr["source"] == "set in the grid file" else None, diags)
 

@@ -323,6 +323,11 @@ def _intro(res: dict[str, Any]) -> list[str]:
         lines.append(f"**Reduced budget** ({res['quick_note']}): a first look, not a result.")
     if res.get("extra_set"):
         lines.append("Command-line overrides for every cell: `--set " + "` `--set ".join(res["extra_set"]) + "`.")
+    forks = [(n, v["fork"]) for n, v in res["variants"].items() if v.get("fork")]
+    if forks:
+        lines.append("Forks (each cell continues the same seed's cell of its source from the start of RL: shared warm "
+                     "start, value pretraining and random streams; its CPU time is its RL phase only): "
+                     + ", ".join(f"`{n}` ← `{src}`" for n, src in forks) + ".")
     lines.append(f"Threshold for steps/answers-to-threshold: {_num(thr['value'], '{:.3f}')} ({thr['source']}). "
                  f"Collapse: {res['collapse_rule']}.")
     return lines
