@@ -388,3 +388,29 @@ def test_several_steps_per_rollout_start_at_the_sampling_policy(tmp_path, monkey
     assert later and max(later) > 1e-3
     assert stats["ratio_max"] == pytest.approx(max(float(s["ratio_max"]) for *_, s in calls))
     assert stats["ratio_min"] < 1 < stats["ratio_max"] and stats["approx_kl"] > 0
+
+
+def test_the_logged_lambda_is_the_one_the_estimator_used(tmp_path):
+    """gae_error_aware chooses each answer's λ and ignores lam_actor ("adaptive" by default): the
+    metrics log the chosen λ (mean, min), not the adaptive formula's."""
+    from vapo.algos.pathways import error_aware_lambda
+    from vapo.train import adapter
+
+    seen = {}
+
+    class Grab(Callback):
+        def on_iteration_end(self, trainer, exp, metrics):
+            seen["exp"], seen["m"], seen["cfg"] = exp, dict(metrics), trainer.cfg
+
+    cfg = micro(tmp_path, "vapo", "train.iterations=1", "algo.advantage.estimator=gae_error_aware")
+    start_run(cfg, name="ea", progress=False, callbacks=[Grab()])
+    exp, m = seen["exp"], seen["m"]
+    want = error_aware_lambda(exp.values, exp.token_rewards, exp.response_mask, exp.scores, exp.group_index)
+    assert torch.allclose(exp.lam_actor, want.to(exp.lam_actor.dtype))
+    assert m["lambda_actor_mean"] == pytest.approx(float(want.float().mean()))
+    assert m["lambda_actor_min"] == pytest.approx(float(want.min()))
+    adaptive = adapter.actor_lambda(cfg.algo.advantage, exp.lengths.float())
+    assert m["lambda_actor_mean"] != pytest.approx(float(adaptive.mean()))
+    out = adapter.advantage_output(cfg.algo, exp.token_rewards, exp.response_mask, values=exp.values,
+                                   scores=exp.scores, group_index=exp.group_index)
+    assert torch.equal(out.advantages, exp.advantages) and torch.equal(out.lam_actor, exp.lam_actor)

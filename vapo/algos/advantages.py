@@ -577,10 +577,12 @@ class AdvantageParams:
 @dataclass
 class AdvantageOutput:
     """advantages: [B, T], 0 at masked positions. returns: [B, T] critic targets (0 at masked
-    positions), or None for critic-free estimators."""
+    positions), or None for critic-free estimators. lam_actor: [B] the λ of each sequence's
+    advantages when the estimator chose it itself (gae_error_aware), else None."""
 
     advantages: torch.Tensor
     returns: torch.Tensor | None = None
+    lam_actor: torch.Tensor | None = None
 
 
 AdvantageEstimator = Callable[[AdvantageInput, AdvantageParams], AdvantageOutput]

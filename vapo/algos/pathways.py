@@ -395,7 +395,7 @@ def gae_error_aware(inp: AdvantageInput, params: AdvantageParams) -> AdvantageOu
     _, ret = masked_gae(
         inp.token_rewards, inp.values, inp.response_mask, gamma=params.gamma, lam=params.lam_critic
     )
-    return AdvantageOutput(advantages=adv, returns=ret)
+    return AdvantageOutput(advantages=adv, returns=ret, lam_actor=lam)
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ The defaults live in vapo/config.py only; everything here passes explicit values
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from vapo.algos.advantages import (
     AdvantageInput,
+    AdvantageOutput,
     AdvantageParams,
     get_advantage_estimator,
     resolve_actor_lambda,
@@ -87,12 +89,11 @@ def token_rewards(algo: AlgoConfig, scores: torch.Tensor, response_mask: torch.T
     return rewards
 
 
-def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
-                       values: torch.Tensor | None, scores: torch.Tensor,
-                       group_index: torch.Tensor,
-                       mc_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages [B, T] and critic returns [B, T] (None for critic-free estimators) of the
-    configured estimator, whitened over the batch's tokens when ``algo.advantage.whiten``.
+def advantage_output(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
+                     values: torch.Tensor | None, scores: torch.Tensor, group_index: torch.Tensor,
+                     mc_points: torch.Tensor | None = None) -> AdvantageOutput:
+    """The configured estimator's output, its advantages whitened over the batch's tokens when
+    ``algo.advantage.whiten``.
 
     Args: rewards [B, T] token rewards; response_mask [B, T]; values [B, T] or None; scores [B];
     group_index [B]; mc_points [B, T] (the positions of Monte-Carlo values, "vine") or None.
@@ -103,8 +104,20 @@ def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: t
                        group_index=group_index, mc_points=mc_points),
         advantage_params(a),
     )
-    adv = masked_whiten(out.advantages, response_mask) * response_mask if a.whiten else out.advantages
-    return adv, out.returns
+    if a.whiten:
+        out = dataclasses.replace(out, advantages=masked_whiten(out.advantages, response_mask) * response_mask)
+    return out
+
+
+def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
+                       values: torch.Tensor | None, scores: torch.Tensor,
+                       group_index: torch.Tensor,
+                       mc_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages [B, T] and critic returns [B, T] (None for critic-free estimators):
+    :func:`advantage_output` without the rest."""
+    out = advantage_output(algo, rewards, response_mask, values=values, scores=scores, group_index=group_index,
+                           mc_points=mc_points)
+    return out.advantages, out.returns
 
 
 def loss_mask(algo: AlgoConfig, response_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class Experience:
     token_rewards: torch.Tensor | None = None  # [B, T]
     advantages: torch.Tensor | None = None  # [B, T]
     returns: torch.Tensor | None = None  # [B, T]
+    lam_actor: torch.Tensor | None = None  # [B] λ of each row's advantages, when the estimator chose it (gae_error_aware)
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -378,9 +378,10 @@ class Trainer:
         exp.loss_mask = adapter.loss_mask(c, mask, exp.truncated)
         exp.token_rewards = adapter.token_rewards(c, exp.scores, mask, exp.old_logprobs, exp.ref_logprobs)
         vine = mc is not None and c.advantage.estimator == "vine"
-        exp.advantages, exp.returns = adapter.compute_advantages(
+        out = adapter.advantage_output(
             c, exp.token_rewards, mask, values=mc.values if vine else exp.values, scores=exp.scores,
             group_index=exp.group_index, mc_points=mc.point_mask if vine else None)
+        exp.advantages, exp.returns, exp.lam_actor = out.advantages, out.returns, out.lam_actor
         if mc is not None and c.mc_values.rl_targets:
             exp.returns = mc.targets(exp.token_rewards, mask)
         return exp
@@ -565,7 +566,10 @@ class Trainer:
         if self.uses_critic:
             m["explained_variance"] = float(explained_variance(exp.values, exp.returns, mask))
             m["value_mean"] = float(masked_mean(exp.values, mask))
-        if self.cfg.algo.advantage.lam_actor == "adaptive":
+        if exp.lam_actor is not None:  # the estimator chose each row's λ (gae_error_aware): log those
+            m["lambda_actor_mean"] = float(exp.lam_actor.float().mean())
+            m["lambda_actor_min"] = float(exp.lam_actor.min())
+        elif self.cfg.algo.advantage.lam_actor == "adaptive":
             m["lambda_actor_mean"] = float(adapter.actor_lambda(self.cfg.algo.advantage, exp.lengths.float()).mean())
         total = tm.rollout + tm.annotate + tm.critic + tm.actor
         m.update(tokens=n_tokens, tokens_per_s=n_tokens / max(tm.rollout, 1e-9), time_rollout=tm.rollout,
