@@ -149,7 +149,8 @@ def test_minibatches_partition_the_rollout(tmp_path_factory, n, k):
     from vapo.train.trainer import Trainer
 
     cfg = resolve_config("grpo", overrides=[f"optim.minibatches={k}", f"rollout.prompts_per_iter={k}", "rollout.group_size=1"])
-    parts = Trainer(cfg, tmp_path_factory.mktemp("t"))._minibatches(n)
+    t = Trainer(cfg, tmp_path_factory.mktemp("t"))
+    parts = t._minibatches(n, t.shuffle_gen)
     assert len(parts) == min(n, k)
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1

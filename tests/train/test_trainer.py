@@ -414,3 +414,26 @@ def test_the_logged_lambda_is_the_one_the_estimator_used(tmp_path):
     out = adapter.advantage_output(cfg.algo, exp.token_rewards, exp.response_mask, values=exp.values,
                                    scores=exp.scores, group_index=exp.group_index)
     assert torch.equal(out.advantages, exp.advantages) and torch.equal(out.lam_actor, exp.lam_actor)
+
+
+def test_the_actors_minibatches_do_not_depend_on_the_critics_schedule(tmp_path, monkeypatch):
+    """Actor and critic shuffle with their own generators: two critic passes per actor step
+    instead of one leave the actor's minibatch order of every iteration unchanged."""
+    from vapo.train.trainer import Trainer
+
+    orig = Trainer._minibatches
+    seen: dict[int, list[list[int]]] = {}
+
+    def spy(self, n, gen):
+        parts = orig(self, n, gen)
+        if gen is self.shuffle_gen:
+            seen.setdefault(self.k, []).append([p.tolist() for p in parts])
+        return parts
+
+    monkeypatch.setattr(Trainer, "_minibatches", spy)
+    for k in (1, 2):
+        monkeypatch.setattr(Trainer, "k", k, raising=False)
+        cfg = micro(tmp_path, "vapo", "train.iterations=3", "train.checkpoint_every=0",
+                    f"algo.critic.steps_per_actor_step={k}")
+        start_run(cfg, name=f"c{k}", progress=False)
+    assert len(seen[1]) == 3 and seen[1] == seen[2]

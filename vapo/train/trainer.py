@@ -159,14 +159,17 @@ class Trainer:
         # NaN/Inf guard per model: consecutive skipped optimizer steps (see _finish_step).
         self.bad_updates = {who: BadUpdateGuard(cfg.train.max_bad_updates) for who in ("actor", "critic")}
         # Random streams, all checkpointed: prompts and sampling per rollout stream (this process's
-        # streams; one in a single process), minibatch shuffling (the same on every process).
+        # streams; one in a single process), minibatch shuffling (the same on every process), one
+        # for the actor and one for the critic, so that the actor's minibatches do not depend on how
+        # many passes the critic makes (a fork that changes the critic's schedule keeps them).
         self.n_streams = cfg.dist.rollout_streams or self.dist.world
         if cfg.rollout.prompts_per_iter % self.n_streams:
             raise ConfigError(f"rollout.prompts_per_iter={cfg.rollout.prompts_per_iter} does not split into "
                               f"{self.n_streams} rollout streams", where="rollout.prompts_per_iter / dist.rollout_streams",
                               fix=f"use a multiple of {self.n_streams} prompts")
         self.streams = {k: _stream(cfg.seed, k) for k in self.dist.streams(self.n_streams)}
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 2)  # the actor's
+        self.critic_shuffle_gen = torch.Generator().manual_seed(cfg.seed + 3)
         self.iteration = 0
         self.policy: Any = None
         self.critic: Any = None
@@ -392,14 +395,14 @@ class Trainer:
         return self.advantages(exp), graphs
 
     # ---------------------------------------------------------------- stages 4-5: updates
-    def _minibatches(self, n: int) -> list[torch.Tensor]:
+    def _minibatches(self, n: int, gen: torch.Generator) -> list[torch.Tensor]:
         """A shuffled split of range(n) into ``optim.minibatches`` parts, one optimizer step each.
 
         Config validation makes the parts equal for a full rollout. Dynamic sampling can return
         fewer groups when ``max_rounds`` is hit; then the number of steps stays the configured one
         and the parts differ by at most one answer (fewer than ``minibatches`` answers: one step
         per answer)."""
-        perm = torch.randperm(n, generator=self.shuffle_gen)
+        perm = torch.randperm(n, generator=gen)
         return [p for p in torch.tensor_split(perm, self.cfg.optim.minibatches) if len(p)]
 
     def update_critic(self, exp: Experience, graphs: Graphs | None = None, *, epochs: int | None = None,
@@ -417,9 +420,9 @@ class Trainer:
             if graphs is not None:
                 parts_idx: list[torch.Tensor | None] = [None]
             elif minibatch_size is None:
-                parts_idx = list(self._minibatches(len(exp)))
+                parts_idx = list(self._minibatches(len(exp), self.critic_shuffle_gen))
             else:
-                perm = torch.randperm(len(exp), generator=self.shuffle_gen)
+                perm = torch.randperm(len(exp), generator=self.critic_shuffle_gen)
                 parts_idx = [perm[i : i + minibatch_size] for i in range(0, len(exp), minibatch_size)]
             for idx in parts_idx:
                 mb = exp if idx is None else exp.select(idx)
@@ -461,7 +464,7 @@ class Trainer:
         stats: dict[str, list[float]] = {}
         self.policy.train()
         for _ in range(o.ppo_epochs):
-            for idx in self._minibatches(len(exp)):
+            for idx in self._minibatches(len(exp), self.shuffle_gen):
                 mb = exp.select(idx)
                 weights = token_weights(mb.loss_mask, ls.agg_mode, norm_len=ls.norm_len)
                 n_tok = float(mb.loss_mask.sum())

@@ -36,6 +36,7 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "sample_gen": streams[0][2],
         "streams": [(rng, gen) for _, rng, gen in sorted(streams, key=lambda x: x[0])],
         "shuffle_gen": trainer.shuffle_gen.get_state(),
+        "critic_shuffle_gen": trainer.critic_shuffle_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "exploration": trainer.explorer.state_dict(),
     }
@@ -120,6 +121,8 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
         rng.setstate(streams[k][0])
         gen.set_state(streams[k][1])
     trainer.shuffle_gen.set_state(s["shuffle_gen"])
+    if "critic_shuffle_gen" in s:  # checkpoints from before the critic had its own stream: it starts from its seed
+        trainer.critic_shuffle_gen.set_state(s["critic_shuffle_gen"])
     torch.set_rng_state(s["torch_rng"])
     trainer.explorer.load_state_dict(s.get("exploration"))
 
