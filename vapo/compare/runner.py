@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import vapo
 from vapo.compare.grid import Cell, Grid, check_same_config
 from vapo.errors import VapoError
-from vapo.train.checkpoint import list_checkpoints
+from vapo.train.checkpoint import checkpoint_finished, list_checkpoints
 from vapo.train.rundir import read_jsonl
 
 STATUS_FILE = "status.json"
@@ -97,6 +97,11 @@ class Job:
     cpu: float = 0.0
     after: Path | None = None  # a checkpoint this job starts from: it waits until that is complete
     after_key: str | None = None  # the job that writes it
+
+    @property
+    def ready(self) -> bool:
+        """Nothing to wait for: no checkpoint to start from, or it is completely written."""
+        return self.after is None or checkpoint_finished(self.after)
 
 
 @dataclass
@@ -228,7 +233,7 @@ class Pool:
                 while self._running or (pending and not self.stopping):
                     self._fail_blocked(pending, on_done, ui, overall)
                     while pending and len(self._running) < self.jobs and not self.stopping:
-                        j = next((j for j in pending if j.after is None or (j.after / "COMPLETE").is_file()), None)
+                        j = next((j for j in pending if j.ready), None)
                         if j is None:  # the rest wait for a checkpoint a running job will write
                             break
                         pending.remove(j)
@@ -264,8 +269,7 @@ class Pool:
     def _fail_blocked(self, pending: list[Job], on_done: Callable[[Job], None], ui: Progress, overall: Any) -> None:
         """A job that waits for a checkpoint no running or pending job will write fails, said in its log."""
         coming = {j.key for j in self._running} | {j.key for j in pending}
-        for j in [j for j in pending if j.after is not None and not (j.after / "COMPLETE").is_file()
-                  and j.after_key not in coming]:
+        for j in [j for j in pending if not j.ready and j.after_key not in coming]:
             pending.remove(j)
             j.log.parent.mkdir(parents=True, exist_ok=True)
             with open(j.log, "a") as f:

@@ -175,6 +175,12 @@ def load_state(path: Path, *, verify: bool = True) -> dict[str, Any]:
                               where=str(path), fix="use a checkpoint written by this version of vapo") from e
 
 
+def checkpoint_finished(path: Path) -> bool:
+    """Whether the write of checkpoint ``path`` finished: it holds the ``COMPLETE`` marker
+    :class:`AtomicDir` writes last."""
+    return (Path(path) / "COMPLETE").is_file()
+
+
 def list_checkpoints(run_dir: Path, *, finished: bool = True) -> list[tuple[int, Path]]:
     """The checkpoints ``checkpoints/step_N`` of ``run_dir`` as ``(N, path)``, sorted by step: the
     one listing of checkpoints. ``finished`` (default): only those whose write finished, i.e.
@@ -187,7 +193,7 @@ def list_checkpoints(run_dir: Path, *, finished: bool = True) -> list[tuple[int,
     out = []
     for p in ck_dir.iterdir():
         m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (not finished or (p / "COMPLETE").is_file()):
+        if m and p.is_dir() and (not finished or checkpoint_finished(p)):
             out.append((int(m.group(1)), p))
     return sorted(out)
 

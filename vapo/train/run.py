@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,12 @@ from vapo.errors import ConfigError, VapoError
 from vapo.models import validate_model
 from vapo.train import distributed
 from vapo.train.batch import Experience
-from vapo.train.checkpoint import latest_good_checkpoint, verify_checkpoint
+from vapo.train.checkpoint import (
+    checkpoint_finished,
+    latest_good_checkpoint,
+    list_checkpoints,
+    verify_checkpoint,
+)
 from vapo.train.evaluate import SPLITS, eval_seed, evaluate_split
 from vapo.train.faults import DivergenceError
 from vapo.train.plots import make_plots
@@ -306,15 +310,14 @@ def fork_run(checkpoint: Path, cfg: Config, *, name: str | None = None, progress
     guarantee), so variants forked from one checkpoint differ only by what they change, measured
     on one shared value pretraining. The source run is only read."""
     checkpoint = Path(checkpoint)
-    m = re.fullmatch(r"step_(\d+)", checkpoint.name)
     source_dir = checkpoint.parent.parent
-    if m is None or checkpoint.parent.name != "checkpoints" or not (source_dir / "config.yaml").is_file():
+    step = next((s for s, p in list_checkpoints(source_dir, finished=False) if p.name == checkpoint.name), None)
+    if step is None or checkpoint.parent.name != "checkpoints" or not (source_dir / "config.yaml").is_file():
         raise VapoError(f"{checkpoint} is not a checkpoint of a run directory", where="vapo train --fork",
                         fix="pass <run>/checkpoints/step_N of a run made by `vapo train` (step_0: the start of RL)")
-    if not (checkpoint / "COMPLETE").is_file():
+    if not checkpoint_finished(checkpoint):
         raise VapoError(f"{checkpoint} was not completely written", where="vapo train --fork",
                         fix="fork from another checkpoint of that run (`ls <run>/checkpoints`)")
-    step = int(m.group(1))
     source = load_config_file(source_dir / "config.yaml")
     check_trainable(cfg)
     check_callbacks(cfg, callbacks)
@@ -345,7 +348,7 @@ def fork_run(checkpoint: Path, cfg: Config, *, name: str | None = None, progress
         if init.is_dir():  # the critic before value pretraining, which `vapo diagnose` compares against
             shutil.copytree(init, run_dir / "checkpoints" / "critic_init")
         for fname in ("metrics.jsonl", "eval.jsonl", "events.jsonl"):
-            for r in read_jsonl(source_dir / fname) if (source_dir / fname).is_file() else []:
+            for r in read_jsonl(source_dir / fname):  # [] when the source has no such file
                 if r.get("iteration", 0) <= step:
                     append_jsonl(run_dir / fname, r)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
