@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import vapo
 from vapo.compare.grid import Cell, Grid, check_same_config
 from vapo.errors import VapoError
 from vapo.train.checkpoint import checkpoint_finished, list_checkpoints
 from vapo.train.rundir import read_jsonl
+from vapo.train.ui import UI, progress_ui
 
 STATUS_FILE = "status.json"
 METRICS_DIR = "metrics"  # <out>/metrics/<cell>.jsonl.gz, .eval.jsonl.gz, .events.jsonl.gz: the curves, small enough to commit
@@ -224,12 +224,11 @@ class Pool:
         preexec = _pdeathsig()
         env = child_env(self.threads)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        ui = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[info]}"), disable=not self.progress, transient=False)
-        overall = ui.add_task(self.title, total=len(queue), info="")
         rows: dict[str, Any] = {}
         try:
-            with ui:
+            # bars on a terminal; plain lines when output is a file or a pipe (a grid is never silent for long)
+            with progress_ui(self.progress, width=34) as ui:
+                overall = ui.add_task(self.title, total=len(queue), info="")
                 while self._running or (pending and not self.stopping):
                     self._fail_blocked(pending, on_done, ui, overall)
                     while pending and len(self._running) < self.jobs and not self.stopping:
@@ -266,7 +265,7 @@ class Pool:
                 signal.signal(s, h)
         return not self.stopping
 
-    def _fail_blocked(self, pending: list[Job], on_done: Callable[[Job], None], ui: Progress, overall: Any) -> None:
+    def _fail_blocked(self, pending: list[Job], on_done: Callable[[Job], None], ui: UI, overall: Any) -> None:
         """A job that waits for a checkpoint no running or pending job will write fails, said in its log."""
         coming = {j.key for j in self._running} | {j.key for j in pending}
         for j in [j for j in pending if not j.ready and j.after_key not in coming]:

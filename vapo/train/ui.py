@@ -161,18 +161,19 @@ class UI:
             self.plain.last_print = self.plain.clock()
 
 
-def _progress(enabled: bool) -> Progress:
+def _progress(enabled: bool, width: int = 20) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description:<20}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description:<%d}" % width), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), refresh_per_second=4,
         disable=not enabled,
     )
 
 
 @contextmanager
-def progress_ui(enabled: bool, plain: bool | None = None) -> Iterator[UI]:
+def progress_ui(enabled: bool, plain: bool | None = None, width: int = 20) -> Iterator[UI]:
     """Progress bars for the duration of the ``with`` block (none drawn when not ``enabled``).
-    ``plain`` (default: when stdout is not a terminal): plain progress lines instead of bars."""
+    ``plain`` (default: when stdout is not a terminal): plain progress lines instead of bars.
+    ``width``: the description column's width, in characters."""
     if enabled:
         probe = _progress(False)
         if plain is None:
@@ -181,7 +182,7 @@ def progress_ui(enabled: bool, plain: bool | None = None) -> Iterator[UI]:
             with PlainLines() as lines:
                 yield UI(probe, lines)
             return
-    with _progress(enabled) as p:
+    with _progress(enabled, width) as p:
         yield UI(p)
 
 
