@@ -37,7 +37,9 @@ def test_slow_steps_print_every_interval_and_the_heartbeat_fills_long_gaps():
     tid = p.add_task("SFT warm start", total=1500, info="")
     clock.t += 31.0
     p.update(tid, advance=1, info="loss 2.000")  # 1 step < a tenth, but 31 s since the last line
-    assert out.getvalue().splitlines()[-1].startswith("[vapo] SFT warm start  1/1500  loss 2.000  elapsed 0m31s  eta 12h")
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("[vapo] SFT warm start  1/1500  loss 2.000  elapsed 0m31s")
+    assert "eta" not in last  # one step gives no rate yet
     n = len(out.getvalue().splitlines())
     clock.t += 10.0
     p.heartbeat()  # 10 s of silence: nothing
@@ -61,3 +63,18 @@ def test_progress_ui_uses_plain_lines_when_asked_and_bars_are_off_when_disabled(
         assert ui.plain is None
         ui.update(ui.add_task("quiet", total=2), advance=2)
     assert "quiet" not in capsys.readouterr().out
+
+
+def test_the_eta_counts_from_the_first_step_not_from_a_slow_start():
+    out, clock = io.StringIO(), Clock()
+    p = PlainLines(out, every_s=1e9, clock=clock)
+    tid = p.add_task("  vapo-s5 (start)", total=20)
+    clock.t += 480.0  # the cell builds its warm start: no iteration for 8 minutes
+    p.update(tid, completed=1)
+    for _ in range(3):
+        clock.t += 10.0  # then 10 s per iteration
+        p.update(tid, advance=1)
+    line = next(x for x in out.getvalue().splitlines() if "  4/20" in x)
+    # 3 iterations in the 30 s since the first: the 16 left take 2m40s (counting the warm start
+    # in the rate would say 510 s / 4 x 16 = 34 minutes)
+    assert line.endswith("elapsed 8m30s  eta 2m40s"), line

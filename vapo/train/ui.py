@@ -5,7 +5,8 @@
   When output is not a terminal (a log file, CI, ``nohup``) bars are not drawn; plain lines are
   printed instead (:class:`PlainLines`): one when a phase starts, then every ``PLAIN_EVERY_STEPS``
   tenth of it or every ``PLAIN_EVERY_S`` seconds, whichever comes first — phase, step/total, the
-  phase's key metric, elapsed time and ETA — so a piped run is never silent for long.
+  phase's key metric, elapsed time and ETA (from the rate since the phase's first step, so a slow
+  start does not inflate it) — so a piped run is never silent for long.
 * :func:`graceful_interrupts` turns the first Ctrl-C / SIGTERM into a flag that the loop checks
   between steps (finish the step, checkpoint, exit cleanly); a second one stops at once.
 """
@@ -68,9 +69,11 @@ class PlainLines:
         if t["info"]:
             parts.append(str(t["info"]))
         parts.append(f"elapsed {_clock(elapsed)}")
-        ran = done - t["start_completed"]
-        if total is not None and 0 < ran and done < total:
-            parts.append(f"eta {_clock(elapsed / ran * (total - done))}")
+        # the rate is measured from the first advance on, so that a slow start (a cell's warm start
+        # before its first iteration) does not inflate the estimate; no eta before two advances
+        first = t["first_advance"]
+        if total is not None and first is not None and done < total and done > first[1]:
+            parts.append(f"eta {_clock((now - first[0]) / (done - first[1]) * (total - done))}")
         return "  ".join(parts)
 
     def _print(self, text: str) -> None:
@@ -83,7 +86,7 @@ class PlainLines:
             tid = len(self.tasks)
             self.tasks[tid] = {"description": description, "total": total, "completed": completed,
                                "start_completed": completed, "info": info, "start": self.clock(),
-                               "printed_at": completed, "visible": True}
+                               "printed_at": completed, "visible": True, "first_advance": None}
             self._print(self._line(self.tasks[tid]))
             return tid
 
@@ -97,6 +100,8 @@ class PlainLines:
                 t["completed"] = completed
             if advance is not None:
                 t["completed"] += advance
+            if t["first_advance"] is None and t["completed"] != t["start_completed"]:
+                t["first_advance"] = (self.clock(), t["completed"])
             if info is not None:
                 t["info"] = info
             if visible is not None:
