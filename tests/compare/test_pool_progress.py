@@ -33,3 +33,27 @@ def test_pool_prints_plain_lines_per_cell_when_output_is_not_a_terminal(tmp_path
 def test_pool_draws_nothing_with_progress_off(tmp_path, capsys):
     assert Pool(1, 1, False, "quiet grid").run([_job(tmp_path, "grpo-s0", 0.1)], lambda j: None)
     assert capsys.readouterr().out == ""
+
+
+def test_status_keeps_the_record_of_cells_another_grid_ran_into_the_same_out(tmp_path):
+    from types import SimpleNamespace
+
+    from vapo.compare.runner import STATUS_FILE, _read_status, _write_status
+
+    def plan(name: str, result: str, attempts: list) -> SimpleNamespace:
+        variant, seed = name.rsplit("-s", 1)
+        cell = SimpleNamespace(name=name, variant=SimpleNamespace(name=variant), seed=int(seed))
+        return SimpleNamespace(cell=cell, run_dir=tmp_path / name, result=result, history=attempts)
+
+    first = [plan("grpo-s7", "finished", [{"action": "start", "cpu_s": 600.0}]),
+             plan("vapo-s7", "interrupted", [{"action": "start", "cpu_s": 10.0}])]
+    _write_status(tmp_path, first)
+    # a second grid into the same --out: a subset of seeds, or a fork grid, with one cell in common
+    _write_status(tmp_path, [plan("vapo-s7", "finished", [{"action": "start", "cpu_s": 10.0},
+                                                           {"action": "resume", "cpu_s": 90.0}]),
+                             plan("fork-s7", "finished", [{"action": "start", "cpu_s": 200.0}])])
+    status = _read_status(tmp_path)
+    assert set(status) == {"grpo-s7", "vapo-s7", "fork-s7"}, status
+    assert status["grpo-s7"]["attempts"] == [{"action": "start", "cpu_s": 600.0}]  # kept as it was
+    assert [a["action"] for a in status["vapo-s7"]["attempts"]] == ["start", "resume"]  # this grid's record
+    assert (tmp_path / STATUS_FILE).is_file()

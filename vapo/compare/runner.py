@@ -126,8 +126,12 @@ def _read_status(out: Path) -> dict[str, Any]:
 
 
 def _write_status(out: Path, plans: list[CellPlan]) -> None:
-    data = {p.cell.name: {"variant": p.cell.variant.name, "seed": p.cell.seed, "run_dir": str(p.run_dir),
-                          "result": p.result, "attempts": p.history} for p in plans}
+    """status.json: this grid's cells, and unchanged the record of cells that other grids run
+    into the same ``--out`` (a fork grid beside its source's, a subset of seeds)."""
+    mine = {p.cell.name for p in plans}
+    data = {k: v for k, v in _read_status(out).items() if k not in mine}
+    data |= {p.cell.name: {"variant": p.cell.variant.name, "seed": p.cell.seed, "run_dir": str(p.run_dir),
+                           "result": p.result, "attempts": p.history} for p in plans}
     tmp = out / f".{STATUS_FILE}.tmp"
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, out / STATUS_FILE)
