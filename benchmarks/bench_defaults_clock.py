@@ -78,7 +78,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for name, r in res["runs"].items():
+    for r in res["runs"].values():
         xs = [p["wall_s"] / 60 for p in r["curve"]]
         ax.plot(xs, [p["heldout"] for p in r["curve"]], marker="o", label=r["short"])
     ax.set_xlabel("minutes since the process started (cached warm start; evaluations included)")

@@ -168,7 +168,7 @@ class UI:
 
 def _progress(enabled: bool, width: int = 20) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description:<%d}" % width), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn(f"[bold]{{task.description:<{width}}}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), refresh_per_second=4,
         disable=not enabled,
     )
