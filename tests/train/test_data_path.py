@@ -13,7 +13,7 @@ from vapo.config import resolve_config
 from vapo.errors import ConfigError
 from vapo.models import build_char_tokenizer, build_policy
 from vapo.tasks import get_task, sample_problems
-from vapo.train.adapter import compute_advantages, loss_mask, token_rewards
+from vapo.train.adapter import advantage_output, loss_mask, token_rewards
 from vapo.train.batch import Experience
 from vapo.train.collect import RewardSettings, rollout_and_score, score_batch
 
@@ -157,7 +157,8 @@ def test_adaptive_lambda_comes_from_the_config_alpha():
     values = torch.rand(3, 12, generator=g, dtype=torch.float64) * mask
     scores = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     rewards = token_rewards(cfg.algo, scores, mask)
-    adv, ret = compute_advantages(cfg.algo, rewards, mask, values=values, scores=scores, group_index=torch.arange(3))
+    out = advantage_output(cfg.algo, rewards, mask, values=values, scores=scores, group_index=torch.arange(3))
+    adv, ret = out.advantages, out.returns
     for i, n in enumerate(lengths.tolist()):
         lam = max(0.0, 1 - 1 / (a.alpha * n))
         gae = 0.0

@@ -125,7 +125,7 @@ def _run_advantages(cfg: Any, batch: Any, values: torch.Tensor | None) -> torch.
     mask = batch.response_mask
     scores = batch.scores.float()
     rewards = adapter.token_rewards(a.model_copy(update={"kl": a.kl.model_copy(update={"coef": 0.0})}), scores, mask)
-    adv, _ = adapter.compute_advantages(a, rewards, mask, values=values, scores=scores, group_index=batch.group_index)
+    adv = adapter.advantage_output(a, rewards, mask, values=values, scores=scores, group_index=batch.group_index).advantages
     return adv
 
 

@@ -109,17 +109,6 @@ def advantage_output(algo: AlgoConfig, rewards: torch.Tensor, response_mask: tor
     return out
 
 
-def compute_advantages(algo: AlgoConfig, rewards: torch.Tensor, response_mask: torch.Tensor, *,
-                       values: torch.Tensor | None, scores: torch.Tensor,
-                       group_index: torch.Tensor,
-                       mc_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages [B, T] and critic returns [B, T] (None for critic-free estimators):
-    :func:`advantage_output` without the rest."""
-    out = advantage_output(algo, rewards, response_mask, values=values, scores=scores, group_index=group_index,
-                           mc_points=mc_points)
-    return out.advantages, out.returns
-
-
 def loss_mask(algo: AlgoConfig, response_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     """[B, T] tokens that enter the actor's and the critic's losses: the response mask, without
     truncated responses when ``algo.overlong.filter_truncated``."""
@@ -141,5 +130,5 @@ def policy_loss_kwargs(pl: PolicyLossConfig) -> dict:
     return dict(eps_low=pl.eps_low, eps_high=pl.eps_high, dual_clip_c=pl.dual_clip_c)
 
 
-__all__ = ["LossSettings", "actor_lambda", "advantage_params", "compute_advantages", "loss_mask", "loss_settings", "norm_len",
+__all__ = ["LossSettings", "actor_lambda", "advantage_output", "advantage_params", "loss_mask", "loss_settings", "norm_len",
            "policy_loss_kwargs", "token_rewards"]
