@@ -57,3 +57,14 @@ def test_status_keeps_the_record_of_cells_another_grid_ran_into_the_same_out(tmp
     assert status["grpo-s7"]["attempts"] == [{"action": "start", "cpu_s": 600.0}]  # kept as it was
     assert [a["action"] for a in status["vapo-s7"]["attempts"]] == ["start", "resume"]  # this grid's record
     assert (tmp_path / STATUS_FILE).is_file()
+
+
+def test_a_resumed_cell_starts_its_line_at_the_iterations_it_already_has(tmp_path, capsys):
+    job = _job(tmp_path, "vapo-s3", 0.1)
+    job.kind = "resume"
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "metrics.jsonl").write_text("".join('{"iteration": %d}\n' % i for i in range(7)))
+    assert Pool(1, 1, True, "resumed grid").run([job], lambda j: None)
+    out = capsys.readouterr().out.splitlines()
+    first = next(s for s in out if "vapo-s3 (resume)" in s)
+    assert " 7/20" in first and " 0/20" not in first, out

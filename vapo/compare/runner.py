@@ -251,7 +251,10 @@ class Pool:
                         f.close()  # the child holds its own descriptor
                         j.t0 = time.time()
                         self._running.append(j)
-                        rows[j.key] = ui.add_task(f"  {j.key} ({j.kind})", total=j.total or 1, info="")
+                        # a resumed cell starts at the iterations it already has, not at 0
+                        done = _iterations_done(j.run_dir) if j.kind != "diagnose" else 0
+                        rows[j.key] = ui.add_task(f"  {j.key} ({j.kind})", total=j.total or 1, completed=done,
+                                                  info="")
                     time.sleep(0.2)
                     for j in list(self._running):
                         rc, j.cpu = _reap(j.proc)
