@@ -63,7 +63,7 @@ def test_a_resumed_cell_starts_its_line_at_the_iterations_it_already_has(tmp_pat
     job = _job(tmp_path, "vapo-s3", 0.1)
     job.kind = "resume"
     job.run_dir.mkdir(parents=True)
-    (job.run_dir / "metrics.jsonl").write_text("".join('{"iteration": %d}\n' % i for i in range(7)))
+    (job.run_dir / "metrics.jsonl").write_text("".join(f'{{"iteration": {i}}}\n' for i in range(7)))
     assert Pool(1, 1, True, "resumed grid").run([job], lambda j: None)
     out = capsys.readouterr().out.splitlines()
     first = next(s for s in out if "vapo-s3 (resume)" in s)
