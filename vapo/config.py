@@ -599,6 +599,17 @@ def load_config_file(path: str | Path) -> Config:
     return validate_config(load_yaml(path), str(path))
 
 
+def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{dotted key: leaf value}`` (an empty dict is a leaf)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def dict_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, value in a, value in b)`` for every leaf where two config dicts differ."""
     out: list[tuple[str, Any, Any]] = []

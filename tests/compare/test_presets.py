@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vapo.compare.paper import ABLATIONS
-from vapo.config import PRESET_DIR, resolve_config
+from vapo.config import PRESET_DIR, flat_keys, resolve_config
 from vapo.errors import ConfigError
 
 # The fields each ablation changes relative to `vapo` (everything else must be equal).
@@ -25,16 +25,6 @@ EXPECTED = {
 }
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_every_ablation_is_shipped_and_named_in_the_paper_table():
     files = sorted(p.stem for p in (PRESET_DIR / "ablations").glob("*.yaml"))
     assert files == sorted(EXPECTED) == sorted(a for a, _ in ABLATIONS)
@@ -42,8 +32,8 @@ def test_every_ablation_is_shipped_and_named_in_the_paper_table():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_ablation_differs_from_vapo_in_exactly_its_component(name):
-    vapo = _flat(resolve_config("vapo").to_dict())
-    abl = _flat(resolve_config(name).to_dict())
+    vapo = flat_keys(resolve_config("vapo").to_dict())
+    abl = flat_keys(resolve_config(name).to_dict())
     diff = {k: abl[k] for k in vapo if abl[k] != vapo[k] and k != "preset"}
     assert diff == EXPECTED[name]
     assert resolve_config(name).preset == name
@@ -81,7 +71,7 @@ def test_ablation_file_is_a_diff_on_vapo(name):
     """The file says what the ablation changes and nothing else: base vapo plus its component."""
     data = yaml.safe_load((PRESET_DIR / "ablations" / f"{name}.yaml").read_text())
     assert data.pop("base") == "vapo"
-    assert _flat(data) == EXPECTED[name]
+    assert flat_keys(data) == EXPECTED[name]
 
 
 def _presets_in(tmp_path, monkeypatch, files):

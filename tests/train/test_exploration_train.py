@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vapo.config import resolve_config
+from vapo.config import flat_keys, resolve_config
 from vapo.errors import ConfigError, VapoError
 from vapo.tasks.base import Problem
 from vapo.train import exploration as ex
@@ -167,16 +167,6 @@ def test_mechanisms_run_through_the_one_loop(tmp_path, preset, extra):
         assert "passk_credit_mean" in m
 
 
-def _leaves(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_exploration_presets_are_their_base_plus_what_they_set():
     import yaml
 
@@ -190,8 +180,8 @@ def test_exploration_presets_are_their_base_plus_what_they_set():
         raw = yaml.safe_load(path.read_text())
         base = raw.pop("base")
         assert base in ("vapo", "grpo") and path.stem.startswith(base)
-        got = _leaves(resolve_config(path.stem).to_dict())
-        want = _leaves(resolve_config(base).to_dict())
+        got = flat_keys(resolve_config(path.stem).to_dict())
+        want = flat_keys(resolve_config(base).to_dict())
         changed = {k for k in got if got[k] != want[k]} - {"preset"}
-        assert changed <= set(_leaves(raw)), (path.stem, changed)
+        assert changed <= set(flat_keys(raw)), (path.stem, changed)
         assert changed, f"{path.stem} changes nothing"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vapo.algos.pathways import mc_value_targets, vine_advantages
-from vapo.config import PRESET_DIR, resolve_config
+from vapo.config import PRESET_DIR, flat_keys, resolve_config
 from vapo.errors import ConfigError
 from vapo.train import start_run
 from vapo.train.mc_values import CriticControl, point_positions
@@ -81,22 +81,12 @@ EXPECTED = {
 }
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_pathway_preset_differs_from_vapo_only_in_its_pathway(name):
     assert PATHWAYS == sorted(EXPECTED)
-    vapo = _flat(resolve_config("vapo").to_dict())
+    vapo = flat_keys(resolve_config("vapo").to_dict())
     c = resolve_config(name)
-    got = _flat(c.to_dict())
+    got = flat_keys(c.to_dict())
     diff = {k: got[k] for k in got if got[k] != vapo.get(k) and k != "preset"}
     assert all(k in got or vapo[k] == {} for k in vapo)  # an empty mapping (extra: {}) flattens to itself
     assert diff == EXPECTED[name]

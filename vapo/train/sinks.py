@@ -171,7 +171,9 @@ class MlflowSink:
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param  # optional extra: vapo[logging]
 
-        flat = _flatten(config)
+        from vapo.config import flat_keys  # vapo.config imports this module
+
+        flat = flat_keys(config)
         params = [Param(k, (v if isinstance(v, str) else json.dumps(v))[:6000]) for k, v in flat.items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
@@ -191,16 +193,6 @@ class MlflowSink:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Sinks:
