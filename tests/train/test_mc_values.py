@@ -78,6 +78,8 @@ EXPECTED = {
     "vapo_surprise_mc_critic": {"algo.critic.surprise_history": True, "algo.mc_values.pretrain_targets": True},
     "vapo_critic_schedule": {"algo.critic.steps_per_actor_step": 2, "algo.critic.warmup_ev": 0.5,
                              "algo.critic.warmup_max_iters": 5, "algo.critic.ev_every": 1},
+    "vapo_surprise_mc_error_aware": {"algo.critic.surprise_history": True, "algo.mc_values.pretrain_targets": True,
+                                     "algo.advantage.estimator": "gae_error_aware"},
 }
 
 
