@@ -25,6 +25,7 @@ from vapo.algos import ADVANTAGE_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, chec
 from vapo.compat import kernels_conflict
 from vapo.errors import ConfigError, VapoError, did_you_mean, unknown_name_error
 from vapo.tasks import TASK_PREFIXES, TASKS
+from vapo.train.sinks import flat_keys as flat_keys  # re-exported: a config dict as dotted keys
 from vapo.train.sinks import validate_sinks
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -597,17 +598,6 @@ def _check_exploration(cfg: Config, source: str) -> None:
 def load_config_file(path: str | Path) -> Config:
     """Load a resolved config (e.g. a run's config.yaml) exactly as written."""
     return validate_config(load_yaml(path), str(path))
-
-
-def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as ``{dotted key: leaf value}`` (an empty dict is a leaf)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def dict_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

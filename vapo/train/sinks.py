@@ -171,8 +171,6 @@ class MlflowSink:
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param  # optional extra: vapo[logging]
 
-        from vapo.config import flat_keys  # vapo.config imports this module
-
         flat = flat_keys(config)
         params = [Param(k, (v if isinstance(v, str) else json.dumps(v))[:6000]) for k, v in flat.items()]
         for i in range(0, len(params), 100):
@@ -193,6 +191,18 @@ class MlflowSink:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{dotted key: leaf value}`` (an empty dict is a leaf). Also
+    importable from :mod:`vapo.config`."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class Sinks:
