@@ -78,3 +78,31 @@ def test_the_eta_counts_from_the_first_step_not_from_a_slow_start():
     # 3 iterations in the 30 s since the first: the 16 left take 2m40s (counting the warm start
     # in the rate would say 510 s / 4 x 16 = 34 minutes)
     assert line.endswith("elapsed 8m30s  eta 2m40s"), line
+
+
+def test_a_grid_row_prints_every_cell_that_ends_and_measures_its_rate_from_the_start():
+    # two cells run side by side from the start and end together at 600 s: the first to end must not
+    # make the rate look like 1 cell per second (the first-advance rate would give eta ~0 here)
+    out, clock = io.StringIO(), Clock()
+    p = PlainLines(out, every_s=30.0, clock=clock)
+    grid = p.add_task("grid", total=40, every_advance=True, eta_from_start=True)
+    cell = p.add_task("  cell", total=20)
+    clock.t += 600.0
+    p.update(cell, advance=20)
+    p.update(grid, advance=1, info="last: a-s0 ok")
+    clock.t += 1.0
+    p.update(grid, advance=1, info="last: a-s1 exit 1")
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("[vapo] grid")]
+    # the start line, then one line per ended cell (not every fourth: a tenth of 40), the failure seen
+    assert len(lines) == 3, lines
+    assert "1/40  last: a-s0 ok" in lines[1] and "2/40  last: a-s1 exit 1" in lines[2]
+    # 601 s for 2 cells, 38 to go: 601 / 2 * 38 = 11,419 s
+    assert lines[2].endswith("eta 3h10m"), lines[2]
+    # a phase row keeps the first-advance rate and prints every tenth
+    p2 = PlainLines(io.StringIO(), every_s=1e9, clock=clock)
+    tid = p2.add_task("RL", total=40)
+    clock.t += 100.0
+    p2.update(tid, advance=1)
+    clock.t += 1.0
+    p2.update(tid, advance=1)
+    assert p2.stream.getvalue().count("\n") == 1  # only the start line: 2 < a tenth of 40

@@ -232,7 +232,7 @@ class Pool:
         try:
             # bars on a terminal; plain lines when output is a file or a pipe (a grid is never silent for long)
             with progress_ui(self.progress, width=34) as ui:
-                overall = ui.add_task(self.title, total=len(queue), info="")
+                overall = ui.add_task(self.title, total=len(queue), info="", every_advance=True, eta_from_start=True)
                 while self._running or (pending and not self.stopping):
                     self._fail_blocked(pending, on_done, ui, overall)
                     while pending and len(self._running) < self.jobs and not self.stopping:

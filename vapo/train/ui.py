@@ -72,6 +72,8 @@ class PlainLines:
         # the rate is measured from the first advance on, so that a slow start (a cell's warm start
         # before its first iteration) does not inflate the estimate; no eta before two advances
         first = t["first_advance"]
+        if t["eta_from_start"] and first is not None:
+            first = (t["start"], t["start_completed"])
         if total is not None and first is not None and done < total and done > first[1]:
             parts.append(f"eta {_clock((now - first[0]) / (done - first[1]) * (total - done))}")
         return "  ".join(parts)
@@ -81,12 +83,18 @@ class PlainLines:
         self.last_print = self.clock()
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
-                 **_: Any) -> int:
+                 every_advance: bool = False, eta_from_start: bool = False, **_: Any) -> int:
+        """``every_advance``: a line at each advance, not every tenth (a grid's cells: each one that
+        ends is news, and a failed one must be seen). ``eta_from_start``: the rate is measured from
+        the task's start, not its first advance (a grid's cells run side by side from the start, so
+        the first one to end says little about the rate, and two that end together would make it
+        jump)."""
         with self.lock:
             tid = len(self.tasks)
             self.tasks[tid] = {"description": description, "total": total, "completed": completed,
                                "start_completed": completed, "info": info, "start": self.clock(),
-                               "printed_at": completed, "visible": True, "first_advance": None}
+                               "printed_at": completed, "visible": True, "first_advance": None,
+                               "every_advance": every_advance, "eta_from_start": eta_from_start}
             self._print(self._line(self.tasks[tid]))
             return tid
 
@@ -106,7 +114,7 @@ class PlainLines:
                 t["info"] = info
             if visible is not None:
                 t["visible"] = visible
-            step = max(1.0, (t["total"] or 0) / PLAIN_EVERY_STEPS)
+            step = 1.0 if t["every_advance"] else max(1.0, (t["total"] or 0) / PLAIN_EVERY_STEPS)
             ended = t["total"] is not None and t["completed"] >= t["total"]
             due = t["completed"] - t["printed_at"] >= step or self.clock() - self.last_print >= self.every_s
             if t["visible"] and t["completed"] != t["printed_at"] and (ended or due):
@@ -148,9 +156,12 @@ class UI:
         self.progress = progress
         self.plain = plain
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> int:
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
+                 every_advance: bool = False, eta_from_start: bool = False) -> int:
+        """The last two shape plain lines only (see :meth:`PlainLines.add_task`)."""
         if self.plain is not None:
-            return self.plain.add_task(description, total=total, completed=completed, info=info)
+            return self.plain.add_task(description, total=total, completed=completed, info=info,
+                                       every_advance=every_advance, eta_from_start=eta_from_start)
         return self.progress.add_task(description, total=total, completed=completed, info=info)
 
     def update(self, task_id: int, **kw: Any) -> None:
